@@ -1,0 +1,164 @@
+"""Run the notebooks with papermill and gather their metrics.
+
+    python -m wsss_core.notebooks --profile smoke --out runs/smoke
+    python -m wsss_core.notebooks --profile tutorial --out runs/tutorial --only 01
+    python -m wsss_core.notebooks --profile smoke --out runs/smoke --baseline benchmarks/baselines/smoke.json
+
+Each notebook ``notebooks/NN_name.ipynb`` is executed with the parameters ``PROFILE``, ``OUT_DIR``,
+``SEED`` and ``DEVICE`` injected; it writes ``OUT_DIR/NN_name/metrics.json``. The executed copy
+goes to ``OUT_DIR/NN_name.ipynb``. The runner writes ``OUT_DIR/summary.json`` and
+``OUT_DIR/summary.md`` and exits non-zero if a notebook failed, a metrics file is missing, or (with
+``--baseline``) a metric moved beyond its tolerance in the bad direction.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def find_notebooks_dir(explicit: str | None = None) -> Path:
+    """The folder of numbered notebooks: ``explicit``, else the repository's ``notebooks/`` next
+    to the installed package (editable installs), else ``./notebooks``."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_dir():
+            raise SystemExit(f"notebooks folder {p} does not exist")
+        return p.resolve()
+    for cand in (Path(__file__).resolve().parents[2] / "notebooks", Path.cwd() / "notebooks"):
+        if cand.is_dir() and any(cand.glob("[0-9][0-9]_*.ipynb")):
+            return cand
+    raise SystemExit("cannot find the notebooks/ folder; pass --notebooks DIR")
+
+
+def list_notebooks(nb_dir: Path, only: list[str] | None = None) -> list[Path]:
+    nbs = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        nbs = [p for p in nbs if any(p.stem == o or p.stem.startswith(o) for o in only)]
+        if not nbs:
+            raise SystemExit(f"no notebook matches {only} in {nb_dir}")
+    return nbs
+
+
+def execute_notebook(nb: Path, out_dir: Path, profile: str, seed: int = 0, device: str = "auto",
+                     timeout: int | None = None, extra: dict | None = None, kernel: str | None = None) -> dict:
+    """Execute one notebook with papermill; returns ``{"notebook", "ok", "seconds", "error", "metrics"}``."""
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = dict(PROFILE=profile, OUT_DIR=str(out_dir.resolve()), SEED=seed, DEVICE=device, **(extra or {}))
+    t0 = time.perf_counter()
+    rec = {"notebook": nb.stem, "ok": False, "seconds": None, "error": None, "metrics": None}
+    metrics_path = out_dir / nb.stem / "metrics.json"
+    if metrics_path.exists():
+        metrics_path.unlink()  # never report a previous run's numbers
+    try:
+        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, cwd=str(nb.parent),
+                            kernel_name=kernel or "python3", progress_bar=False, log_output=False,
+                            execution_timeout=timeout, request_save_on_cell_execute=False)
+        rec["ok"] = True
+    except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+        rec["error"] = f"{type(e).__name__}: {str(e)[-3000:]}"
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    if metrics_path.is_file():
+        rec["metrics"] = json.loads(metrics_path.read_text())
+    elif rec["ok"]:
+        rec["ok"] = False
+        rec["error"] = f"{metrics_path} was not written"
+    return rec
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return "…"
+    return str(v)
+
+
+def summary_markdown(records: list[dict], profile: str) -> str:
+    lines = [f"# Notebook run — profile `{profile}`", "",
+             "| notebook | status | seconds |", "|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['notebook']} | {'ok' if r['ok'] else 'FAILED'} | {r['seconds']} |")
+    for r in records:
+        if r["metrics"]:
+            lines += ["", f"## {r['notebook']}", "", "| metric | value |", "|---|---|"]
+            lines += [f"| `{k}` | {_fmt(v)} |" for k, v in r["metrics"].items() if not isinstance(v, (dict, list))]
+        if r["error"]:
+            lines += ["", f"**{r['notebook']} failed:**", "", "```", r["error"][-1500:], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def compare_to_baseline(records: list[dict], baseline: dict, default_tol: float) -> list[str]:
+    """Regressions against a baseline ``{"metrics": {nb: {key: value}}, "tolerances": {key: tol},
+    "lower_is_better": [keys]}``. A metric regresses when it is worse than the baseline by more
+    than its absolute tolerance (``default_tol`` unless listed); a missing metric is a regression."""
+    problems = []
+    tols = baseline.get("tolerances", {})
+    lower = set(baseline.get("lower_is_better", []))
+    got = {r["notebook"]: (r["metrics"] or {}) for r in records}
+    for nb, expected in baseline.get("metrics", {}).items():
+        if nb not in got:
+            continue  # not run this time (--only)
+        for key, ref in expected.items():
+            tol = float(tols.get(key, default_tol))
+            val = got[nb].get(key)
+            if val is None or (isinstance(val, float) and math.isnan(val)):
+                problems.append(f"{nb}.{key}: missing (baseline {ref})")
+                continue
+            worse = (val - ref) if key in lower else (ref - val)
+            if worse > tol:
+                problems.append(f"{nb}.{key}: {val:.4g} vs baseline {ref:.4g} (tolerance {tol:g})")
+    return problems
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m wsss_core.notebooks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="smoke", choices=["smoke", "tutorial", "paper"])
+    ap.add_argument("--out", required=True, help="output folder (executed notebooks, metrics, summary)")
+    ap.add_argument("--only", nargs="*", help="notebook names or prefixes, e.g. 00 01")
+    ap.add_argument("--notebooks", help="folder holding the notebooks (default: the repository's notebooks/)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--kernel", default=None, help="Jupyter kernel name (default python3)")
+    ap.add_argument("--baseline", help="JSON baseline; fail on regressions beyond tolerance")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="default absolute tolerance")
+    ap.add_argument("--keep-going", action="store_true", help="run later notebooks after a failure")
+    a = ap.parse_args(argv)
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    nbs = list_notebooks(find_notebooks_dir(a.notebooks), a.only)
+    records = []
+    for nb in nbs:
+        print(f"[wsss] running {nb.name} (profile {a.profile}) ...", flush=True)
+        rec = execute_notebook(nb, out, a.profile, seed=a.seed, device=a.device, timeout=a.timeout, kernel=a.kernel)
+        records.append(rec)
+        status = "ok" if rec["ok"] else "FAILED"
+        print(f"[wsss]   {status} in {rec['seconds']} s", flush=True)
+        if not rec["ok"]:
+            print(rec["error"], file=sys.stderr)
+            if not a.keep_going:
+                break
+    summary = {"profile": a.profile, "notebooks": records,
+               "metrics": {r["notebook"]: r["metrics"] for r in records if r["metrics"]}}
+    failed = [r["notebook"] for r in records if not r["ok"]]
+    if a.baseline:
+        base = json.loads(Path(a.baseline).read_text())
+        regressions = compare_to_baseline(records, base, a.tolerance)
+        summary["regressions"] = regressions
+        for p in regressions:
+            print(f"[wsss] REGRESSION {p}", file=sys.stderr)
+    else:
+        regressions = []
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(summary_markdown(records, a.profile))
+    print(f"[wsss] summary: {out / 'summary.md'}")
+    return 1 if failed or regressions or len(records) < len(nbs) else 0
