@@ -95,15 +95,18 @@ def with_background(cams, label=None, *, threshold: float | None = 0.2, alpha: f
     """
     is_np = isinstance(cams, np.ndarray)
     t = torch.as_tensor(cams, dtype=torch.float32)
-    if alpha is not None:
-        bg = background_power(t, alpha)
+    present = None
+    if label is not None:
+        lab = torch.as_tensor(np.asarray(label) if is_np else label).to(t.device).bool()
+        present = lab.reshape(lab.shape + (1, 1))
+    if alpha is not None:  # from the present classes only, as PSA's infer_cls does
+        bg = background_power(t if present is None else t * present, alpha)
     elif threshold is not None:
         bg = torch.full(t.shape[:-3] + t.shape[-2:], float(threshold), dtype=t.dtype, device=t.device)
     else:
         raise ValueError("give a background threshold or an alpha")
-    if label is not None:
-        lab = torch.as_tensor(np.asarray(label) if is_np else label).to(t.device).bool()
-        t = torch.where(lab.reshape(lab.shape + (1, 1)), t, torch.full_like(t, -1.0))
+    if present is not None:
+        t = torch.where(present, t, torch.full_like(t, -1.0))
     out = torch.cat([bg.unsqueeze(-3), t], dim=-3)
     return out.numpy() if is_np else out
 
@@ -176,6 +179,8 @@ def save_cams(path: str | os.PathLike, cams: np.ndarray | torch.Tensor, label) -
     lab = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label).astype(bool)
     keys = np.nonzero(lab)[0]
     path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, keys=keys.astype(np.int64), cams=cams[keys].astype(np.float16),
              num_classes=np.int64(cams.shape[0]))
@@ -186,7 +191,7 @@ def load_cams(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     label (C,) float32)``."""
     path = Path(path)
     if path.suffix != ".npz":
-        path = path.with_suffix(".npz")
+        path = path.with_name(path.name + ".npz")
     with np.load(path) as z:
         keys, small, C = z["keys"], z["cams"].astype(np.float32), int(z["num_classes"])
     cams = np.zeros((C,) + small.shape[1:], np.float32)

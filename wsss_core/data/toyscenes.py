@@ -54,7 +54,7 @@ import numpy as np
 
 from .palette import write_gray_png, write_label_png
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 CLASS_NAMES = ["background", "boat", "train", "bird", "cat", "car", "person"]
 """Index 0 is background; 1..6 are the toy foreground classes (named after VOC classes)."""
@@ -300,8 +300,19 @@ def _ignore_border(inst: np.ndarray) -> np.ndarray:
 
 
 def render_scene(cfg: ToySceneConfig, index: int) -> Scene:
-    """Draw scene ``index`` of the dataset defined by ``cfg`` (deterministic in (seed, index))."""
-    rng = np.random.default_rng([cfg.seed, index, GENERATOR_VERSION])
+    """Draw scene ``index`` of the dataset defined by ``cfg`` (deterministic in (seed, index)).
+
+    Every scene holds at least one labelled object (as every VOC image does): a draw in which all
+    labelled bodies were too occluded to carry a visible badge is redrawn with the next sub-seed.
+    """
+    for attempt in range(100):
+        scene = _render(cfg, np.random.default_rng([cfg.seed, index, GENERATOR_VERSION, attempt]))
+        if scene.objects:
+            return scene
+    raise RuntimeError(f"scene {index}: no labelled object after 100 draws; check the config")  # pragma: no cover
+
+
+def _render(cfg: ToySceneConfig, rng: np.random.Generator) -> Scene:
     S = cfg.image_size
     k = S / 96.0
     img = _background(rng, S)
@@ -385,9 +396,11 @@ def render_scene(cfg: ToySceneConfig, index: int) -> Scene:
         bsize = int(round(rng.uniform(*cfg.badge_size) * k))
         # distance to the body's edge *or the image border*, so that badges are never cut off
         dist = cv2.distanceTransform(np.pad(vis.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
-        cand = np.argwhere(dist >= bsize / 2 + 1.5)
+        # corners of the x / square-ring / triangle badges reach ≈1.45× the half-size
+        cand = np.argwhere(dist >= 1.45 * bsize / 2 + 1.5)
         if len(cand) == 0 or vis.sum() < cfg.min_visible * m.sum():
             # no room for a visible badge: the body becomes an unlabelled distractor
+            bodies[j] = (0, True, m, camo, nonconvex)
             continue
         by, bx = cand[rng.integers(len(cand))]
         shape, colour = BADGES[c]
@@ -481,8 +494,10 @@ def _write_one(args) -> dict:
     sc = render_scene(cfg, index)
     iid = image_id(index)
     root = Path(root)
+    # 4:4:4 chroma: the default 4:2:0 subsampling smears the small saturated badges on 96-px images
     cv2.imwrite(str(root / "JPEGImages" / f"{iid}.jpg"), cv2.cvtColor(sc.image, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+                [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality,
+                 cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
     write_label_png(root / "SegmentationClass" / f"{iid}.png", sc.cls)
     write_label_png(root / "SegmentationObject" / f"{iid}.png", sc.inst)
     write_label_png(root / "PartMask" / f"{iid}.png", sc.part)

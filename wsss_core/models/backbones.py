@@ -34,11 +34,12 @@ def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequ
 
 
 class CompactCNN(nn.Module):
-    """A small CNN for CPU work: six 3×3 conv-BN-ReLU layers, output stride 8 (or 4).
+    """A small CNN for CPU work: six 3×3 conv-BN-ReLU layers in three stages, each stage opening with
+    a stride-2 convolution; output stride 8 (or 4).
 
     ``x``: (B, 3, H, W) → features ``{"s2": (B, w, H/2, W/2), "s4": (B, 2w, H/4, W/4),
-    "out": (B, 4w, H/stride, W/stride)}``. With ``width=32`` it has ≈0.42 M parameters and trains
-    on the 96×96 toy scenes at a few seconds per epoch on two CPU cores.
+    "out": (B, 4w, H/stride, W/stride)}``. With ``width=32`` it has ≈0.29 M parameters, a receptive
+    field of 43 px, ≈86 MFLOPs per 96×96 image.
     With ``output_stride=4`` the last stage keeps stride 4 and uses dilation 2 (finer CAMs, ≈2× time).
     """
 
@@ -48,8 +49,8 @@ class CompactCNN(nn.Module):
             raise ValueError(f"CompactCNN supports output_stride 4 or 8, got {output_stride}")
         w = width
         s3, d3 = (2, 1) if output_stride == 8 else (1, 2)
-        self.stage1 = nn.Sequential(_conv_bn(in_channels, w), _conv_bn(w, w, stride=2))
-        self.stage2 = nn.Sequential(_conv_bn(w, 2 * w), _conv_bn(2 * w, 2 * w, stride=2))
+        self.stage1 = nn.Sequential(_conv_bn(in_channels, w, stride=2), _conv_bn(w, w))
+        self.stage2 = nn.Sequential(_conv_bn(w, 2 * w, stride=2), _conv_bn(2 * w, 2 * w))
         self.stage3 = nn.Sequential(_conv_bn(2 * w, 4 * w, stride=s3, dilation=1),
                                     _conv_bn(4 * w, 4 * w, dilation=d3))
         self.channels = OrderedDict(s2=w, s4=2 * w, out=4 * w)

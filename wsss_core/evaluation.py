@@ -1,0 +1,104 @@
+"""One evaluation for every pseudo-label maker and segmenter: label maps against a VOC-layout dataset.
+
+:class:`LabelMapEvaluator` pools, over images,
+
+* the confusion matrix → mIoU, per-class IoU, class-aware foreground precision / recall;
+* where the dataset has ``part_mask`` (toy scenes): recall on discriminative-part pixels vs the rest
+  of each object (``part_recall`` / ``body_recall``, the partial-coverage problem of CAMs);
+* where it has ``context_mask`` and the context table: the share of each co-occurring context region
+  labelled as its class (``context_leak``), EPS's confusion ratio m_{k,c}/t_c, and the same share for
+  ordinary background (``background_leak``, any foreground class).
+
+The metric names are the ones notebooks write to ``metrics.json`` (prefixed by the method).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .metrics import ConfusionMatrix, ConfusionRatio, RegionStats
+
+
+class LabelMapEvaluator:
+    """Accumulate label-map quality over images.
+
+    Parameters
+    ----------
+    num_classes : foreground classes C (the matrix is (C+1)×(C+1)).
+    context_pairs : ``{"boat/water": (class_index, context_id), ...}`` (toy scenes:
+        :func:`wsss_core.data.toyscenes.context_pairs`); None skips the co-occurrence figures.
+    class_names : names incl. background, for per-class tables.
+    """
+
+    def __init__(self, num_classes: int, context_pairs: Mapping[str, tuple[int, int]] | None = None,
+                 class_names: Sequence[str] | None = None):
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else None
+        self.context_pairs = dict(context_pairs or {})
+        self.cm = ConfusionMatrix(num_classes + 1)
+        self.part = RegionStats()
+        self.body = RegionStats()
+        self.cr = ConfusionRatio()
+        self.has_parts = False
+        self.has_context = False
+        self.n_images = 0
+
+    def update(self, pred, gt, part_mask=None, context_mask=None) -> "LabelMapEvaluator":
+        """Add one image: ``pred``, ``gt`` (H, W) int (gt 255 = ignore); ``part_mask`` (H, W) > 0 on
+        part pixels; ``context_mask`` (H, W) context ids (0 = none)."""
+        pred = np.asarray(pred)
+        gt = np.asarray(gt)
+        self.cm.update(pred, gt)
+        if part_mask is not None:
+            part = np.asarray(part_mask) > 0
+            self.part.update(pred, gt, part)
+            self.body.update(pred, gt, ~part)
+            self.has_parts = True
+        if context_mask is not None and self.context_pairs:
+            self.cr.update(pred, gt, np.asarray(context_mask), self.context_pairs)
+            self.has_context = True
+        self.n_images += 1
+        return self
+
+    def update_from_sample(self, pred, raw: Mapping) -> "LabelMapEvaluator":
+        """Add one image given the dataset's raw sample (``VOCLayoutDataset.get_raw``)."""
+        return self.update(pred, raw["mask"], raw.get("part_mask"), raw.get("context_mask"))
+
+    def summary(self) -> dict:
+        """Flat dict: ``miou, fg_precision, fg_recall, pixel_acc, per_class_iou`` and where available
+        ``part_recall, body_recall, context_leak, context_leak_per_pair, confusion_ratio,
+        background_leak``. ``context_leak`` is the pooled share over all pairs' regions."""
+        out = {
+            "miou": self.cm.miou(),
+            "fg_precision": self.cm.fg_precision(),
+            "fg_recall": self.cm.fg_recall(),
+            "pixel_acc": self.cm.pixel_accuracy(),
+            "per_class_iou": self.cm.summary(self.class_names)["per_class_iou"],
+            "n_images": self.n_images,
+        }
+        if self.has_parts:
+            out["part_recall"] = self.part.value
+            out["body_recall"] = self.body.value
+        if self.has_context:
+            m = sum(self.cr.m.values())
+            reg = sum(self.cr.region.values())
+            out["context_leak"] = m / reg if reg else math.nan
+            out["context_leak_per_pair"] = self.cr.leak()
+            out["confusion_ratio"] = self.cr.ratios()
+            t = sum(self.cr.t.values())
+            out["confusion_ratio_pooled"] = m / t if t else math.nan
+            out["background_leak"] = self.cr.background_leak()
+        return out
+
+
+def evaluate_label_maps(preds: Iterable[np.ndarray], dataset, context_pairs=None, progress: bool = False,
+                        desc: str = "evaluate") -> dict:
+    """Evaluate label maps given in dataset order (``preds[i]`` for ``dataset.get_raw(i)``)."""
+    from tqdm.auto import tqdm
+
+    ev = LabelMapEvaluator(dataset.num_classes, context_pairs, dataset.class_names)
+    for i, pred in enumerate(tqdm(preds, total=len(dataset), desc=desc, disable=not progress)):
+        ev.update_from_sample(pred, dataset.get_raw(i))
+    return ev.summary()

@@ -1,0 +1,124 @@
+"""Profiles: presets of every stage's config for ``smoke`` (CI), ``tutorial`` (a laptop CPU) and
+``paper`` (PASCAL VOC 2012 on a GPU, the papers' hyper-parameters).
+
+    from wsss_core import profiles
+    data = profiles.prepare_data("tutorial")      # generates the toy scenes once, returns DataSpec
+    cam_cfg = profiles.cam_config("tutorial")     # CAMStageConfig
+
+Notebooks and the CLI read the same presets, so a number in a notebook can be reproduced from the
+command line.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import TrainConfig
+
+PROFILE_NAMES = ("smoke", "tutorial", "paper")
+
+
+def _check(profile: str) -> None:
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILE_NAMES}")
+
+
+def project_root() -> Path | None:
+    """The repository root when the package runs from a checkout (editable install), else None."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def default_data_dir() -> Path:
+    """Where generated and downloaded data go: ``$WSSS_DATA`` if set, else ``<repo>/data``, else
+    ``~/.cache/wsss-lab``."""
+    env = os.environ.get("WSSS_DATA")
+    if env:
+        return Path(env).expanduser()
+    root = project_root()
+    return root / "data" if root is not None else Path.home() / ".cache" / "wsss-lab"
+
+
+def shared_data_dir() -> Path | None:
+    """The two small real datasets (GrabCut benchmark, Weizmann horses): ``$WSSS_SHARED_DATA`` or
+    ``<repo>/../shared/data``; None where absent."""
+    env = os.environ.get("WSSS_SHARED_DATA")
+    cands = [Path(env).expanduser()] if env else []
+    root = project_root()
+    if root is not None:
+        cands.append(root.parent / "shared" / "data")
+    for c in cands:
+        if c.is_dir():
+            return c
+    return None
+
+
+@dataclass
+class DataSpec:
+    """Which tree to read and how."""
+
+    kind: str  # "toy" | "voc"
+    root: Path
+    train_split: str = "train"
+    val_split: str = "val"
+    mask_dir: str = "SegmentationClass"
+    context_pairs: dict = field(default_factory=dict)
+    manifest: dict | None = None
+
+
+def prepare_data(profile: str, data_root: str | os.PathLike | None = None, progress: bool = True) -> DataSpec:
+    """Make sure the profile's dataset exists and describe it.
+
+    ``smoke`` / ``tutorial``: the toy scenes under ``data_root`` (default ``<data>/toy/<profile>``),
+    generated on first use (seconds). ``paper``: PASCAL VOC 2012 with SBD's train_aug under
+    ``data_root`` (default ``<data>/VOCdevkit/VOC2012``); nothing is downloaded — a clear error says
+    where to put it (see the README section "Run it on PASCAL VOC on a GPU").
+    """
+    _check(profile)
+    if profile in ("smoke", "tutorial"):
+        from .data.toyscenes import context_pairs, ensure_toyscenes
+
+        root = Path(data_root) if data_root else default_data_dir() / "toy" / profile
+        man = ensure_toyscenes(root, profile, progress=progress)
+        return DataSpec("toy", root, context_pairs=context_pairs(man), manifest=man)
+    root = Path(data_root) if data_root else default_data_dir() / "VOCdevkit" / "VOC2012"
+    aug = root / "SegmentationClassAug"
+    lists = root / "ImageSets" / "Segmentation"
+    if not (root / "JPEGImages").is_dir():
+        raise FileNotFoundError(
+            f"{root}: PASCAL VOC 2012 not found (no JPEGImages/). Put VOCdevkit/VOC2012 there (or pass DATA_ROOT), "
+            "add SBD's SegmentationClassAug/ and ImageSets/Segmentation/train_aug.txt; see README 'Run it on PASCAL VOC on a GPU'.")
+    train_split = "train_aug" if (lists / "train_aug.txt").is_file() and aug.is_dir() else "train"
+    return DataSpec("voc", root, train_split=train_split, val_split="val",
+                    mask_dir="SegmentationClassAug" if train_split == "train_aug" else "SegmentationClass")
+
+
+def cam_config(profile: str):
+    """:class:`~wsss_core.stages.cam.CAMStageConfig` preset.
+
+    * ``smoke``: 2 epochs on 64 images, single-scale CAMs — proves the code path in seconds.
+    * ``tutorial``: compact CNN (stride 8) trained from scratch on the 2 000 toy scenes; validation
+      mAP ≥ 0.9 after a few epochs; 4 scales + flips as the papers do.
+    * ``paper``: IRN's ``train_cam`` (ResNet-50, output stride 16, frozen BN, conv1..layer2 frozen,
+      ImageNet weights, SGD lr 0.1 / 1.0 for the classifier, wd 1e-4, poly 0.9, batch 16, 5 epochs,
+      resize-long 320–640, flip, crop 512) and its ``make_cam`` / ``eval_cam`` (scales 1, 0.5, 1.5, 2;
+      background 0.15). The official ``PolyOptimizer`` passes weight decay positionally into SGD's
+      *momentum* slot, so it trains with momentum 1e-4 ≈ none: we reproduce that with momentum 0.
+    """
+    from .stages.cam import CAMStageConfig
+
+    _check(profile)
+    if profile == "smoke":
+        return CAMStageConfig(
+            train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adam", schedule="onecycle", desc="classifier"),
+            cam_scales=(1.0,), cam_batch_size=16, min_val_map=0.0)
+    if profile == "tutorial":
+        return CAMStageConfig()
+    return CAMStageConfig(
+        backbone="resnet50",
+        backbone_kwargs={"output_stride": 16, "weights": "imagenet", "freeze_bn": True, "frozen_stages": 2},
+        lr_mult_new=10.0, crop_size=512, scale=None, long_side=(320, 640), hflip=True, color_jitter=None,
+        train=TrainConfig(epochs=5, batch_size=16, lr=0.1, optimizer="sgd", momentum=0.0, weight_decay=1e-4,
+                          schedule="poly", poly_power=0.9, num_workers=4, desc="classifier"),
+        cam_scales=(1.0, 0.5, 1.5, 2.0), cam_batch_size=1, eval_threshold=0.15, cache_images=False)

@@ -1,0 +1,267 @@
+"""The CAM stage: train a multi-label classifier, make CAMs, turn them into pseudo-labels, measure.
+
+One config object (:class:`CAMStageConfig`) holds every knob; :mod:`wsss_core.profiles` gives its
+presets (``smoke``, ``tutorial``, ``paper``). The notebook ``01_class_activation_maps`` and the CLI
+(``wsss cam ...``) both call these functions:
+
+    model, history = train_classifier(cfg, train_ds, checkpoint_dir)
+    cls = classification_report(model, val_ds, cfg)           # mAP on validation
+    make_cams(model, train_ds_eval, cam_dir, cfg)             # one .npz per image
+    report = evaluate_cams(cam_dir, train_ds_eval, cfg, pairs)  # threshold sweep + coverage / leak
+    save_pseudo_labels(cam_dir, train_ds_eval, label_dir, threshold=report["best_threshold"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import engine
+from ..cams import cams_to_labels, load_cams, miou_from_confusion, multiscale_cams, save_cams, threshold_sweep
+from ..data.palette import write_label_png
+from ..data.transforms import eval_transforms, train_transforms
+from ..data.voc import VOCLayoutDataset, collate_samples
+from ..evaluation import LabelMapEvaluator
+from ..metrics import mean_average_precision
+from ..models.backbones import build_backbone
+from ..models.cam import CAMClassifier, multilabel_loss
+
+DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
+
+
+@dataclass
+class CAMStageConfig:
+    """Everything that defines the CAM stage.
+
+    Attributes
+    ----------
+    backbone, backbone_kwargs : see :func:`wsss_core.models.backbones.build_backbone`.
+    dropout : Dropout2d before GAP (PSA's ResNet-38: 0.5; IRN's ResNet-50: none).
+    lr_mult_new : learning-rate multiplier of the new classifier (IRN: 10× = 1.0 vs 0.1).
+    crop_size, scale, long_side, hflip, color_jitter : training augmentation
+        (:func:`wsss_core.data.transforms.train_transforms`).
+    train : the engine's :class:`~wsss_core.engine.TrainConfig`.
+    cam_scales, cam_flip : CAM inference (PSA/IRN: scales 1, 0.5, 1.5, 2 and flips).
+    cam_batch_size : images per CAM inference batch (equal-sized images only; VOC uses 1).
+    eval_threshold : constant background score when no sweep is done (IRN 0.15, PSA/EPS 0.2).
+    thresholds : the background thresholds of the sweep.
+    min_val_map : below this validation mAP the CAMs are not trustworthy; the notebook warns.
+    cache_images : keep decoded images in memory (toy data).
+    """
+
+    backbone: str = "compact"
+    backbone_kwargs: dict = field(default_factory=lambda: {"width": 32, "output_stride": 8})
+    dropout: float = 0.0
+    lr_mult_new: float = 1.0
+    crop_size: int = 96
+    scale: tuple | None = (0.9, 1.1)
+    long_side: tuple | None = None
+    hflip: bool = True
+    color_jitter: tuple | None = None
+    train: engine.TrainConfig = field(default_factory=lambda: engine.TrainConfig(
+        epochs=12, batch_size=32, lr=3e-3, optimizer="adam", schedule="onecycle", weight_decay=1e-4, desc="classifier"))
+    cam_scales: tuple = (1.0, 0.5, 1.5, 2.0)
+    cam_flip: bool = True
+    cam_batch_size: int = 32
+    eval_threshold: float = 0.15
+    thresholds: tuple = DEFAULT_THRESHOLDS
+    min_val_map: float = 0.9
+    cache_images: bool = True
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CAMStageConfig":
+        d = dict(d)
+        if "train" in d and isinstance(d["train"], dict):
+            d["train"] = engine.TrainConfig.from_dict(d["train"])
+        for k in ("scale", "long_side", "color_jitter", "cam_scales", "thresholds"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def replace(self, **kw) -> "CAMStageConfig":
+        return dataclasses.replace(self, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# datasets
+# ------------------------------------------------------------------------------------------------
+
+def classification_dataset(root, split: str, cfg: CAMStageConfig, train: bool = True, **kw) -> VOCLayoutDataset:
+    """Images and image labels only (no masks read), with training or evaluation transforms."""
+    tf = train_transforms(cfg.crop_size, scale=cfg.scale, long_side=cfg.long_side, hflip=cfg.hflip,
+                          color_jitter=cfg.color_jitter) if train else eval_transforms()
+    return VOCLayoutDataset(root, split, mask_dir=None, instance_dir=None, saliency_dir=None, extra_dirs=None,
+                            transforms=tf, cache=cfg.cache_images, **kw)
+
+
+def evaluation_dataset(root, split: str, cfg: CAMStageConfig | None = None, **kw) -> VOCLayoutDataset:
+    """Images (normalised), labels, masks and the toy extras (part/context masks) for evaluation."""
+    return VOCLayoutDataset(root, split, saliency_dir=None, instance_dir=None, transforms=eval_transforms(),
+                            cache=cfg.cache_images if cfg is not None else False, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# model and training
+# ------------------------------------------------------------------------------------------------
+
+def build_model(cfg: CAMStageConfig, num_classes: int) -> CAMClassifier:
+    return CAMClassifier(build_backbone(cfg.backbone, **cfg.backbone_kwargs), num_classes, dropout=cfg.dropout)
+
+
+def classification_step(model, batch, device) -> dict:
+    """One training step's loss: multi-label soft margin on the image labels (PSA/IRN)."""
+    images = batch["image"].to(device, non_blocking=True)
+    labels = batch["label"].to(device, non_blocking=True)
+    logits = model(images)
+    return {"loss": multilabel_loss(logits, labels)}
+
+
+def predict_scores(model, dataset, batch_size: int = 64, device=None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Classifier scores on a dataset: ``(scores (N, C) float32, labels (N, C) float32)``."""
+    def fn(m, batch, dev):
+        return m(batch["image"].to(dev)).float().cpu(), batch["label"]
+
+    out = engine.predict(model, dataset, fn, batch_size=batch_size, device=device, collate_fn=collate_samples,
+                         progress=progress, desc="scores")
+    scores = torch.cat([o[0] for o in out]).numpy() if out else np.zeros((0, dataset.num_classes), np.float32)
+    labels = torch.cat([o[1] for o in out]).numpy() if out else np.zeros((0, dataset.num_classes), np.float32)
+    return scores, labels
+
+
+def classification_report(model, dataset, batch_size: int = 64, device=None) -> dict:
+    """Validation mAP and per-class AP of the classifier (``cls_map`` in metrics.json)."""
+    scores, labels = predict_scores(model, dataset, batch_size, device)
+    m, ap = mean_average_precision(scores, labels)
+    return {"map": float(m), "per_class_ap": {dataset.class_names[c + 1]: float(a) for c, a in enumerate(ap)}}
+
+
+def train_classifier(cfg: CAMStageConfig, train_ds, checkpoint_dir=None, val_ds=None, num_classes: int | None = None):
+    """Train the CAM classifier with the shared engine; returns ``(model, history)``.
+
+    With ``checkpoint_dir``, every epoch is checkpointed and a finished run is reloaded instead of
+    retrained. With ``val_ds``, validation mAP is recorded after each epoch (``history.epochs``).
+    """
+    num_classes = num_classes or train_ds.num_classes
+    engine.seed_everything(cfg.train.seed)
+    model = build_model(cfg, num_classes)
+    tcfg = cfg.train if checkpoint_dir is None else cfg.train.replace(checkpoint_dir=str(checkpoint_dir))
+    eval_fn = None
+    if val_ds is not None:
+        def eval_fn(m, epoch):
+            if not engine.get_dist_info().is_main:
+                return {}
+            return {"val_map": classification_report(m, val_ds)["map"]}
+    history = engine.train(model, classification_step, train_ds, tcfg, collate_fn=collate_samples,
+                           param_groups=lambda m: engine.unwrap(m).param_groups(cfg.lr_mult_new), eval_fn=eval_fn)
+    model.eval()
+    return model, history
+
+
+# ------------------------------------------------------------------------------------------------
+# CAMs and pseudo-labels
+# ------------------------------------------------------------------------------------------------
+
+def make_cams(model, dataset, out_dir, cfg: CAMStageConfig, device=None, progress: bool = True,
+              overwrite: bool = False) -> Path:
+    """Multi-scale + flip CAMs of every image of ``dataset`` (eval transforms) → ``out_dir/<id>.npz``.
+
+    Maps are at full image resolution, max-normalised, present classes only (IRN ``high_res``).
+    Existing files are kept unless ``overwrite``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [i for i, iid in enumerate(dataset.ids) if overwrite or not (out_dir / f"{iid}.npz").exists()]
+    if not todo:
+        return out_dir
+    sub = torch.utils.data.Subset(dataset, todo)
+
+    def fn(m, batch, dev):
+        cams = multiscale_cams(m, batch["image"].to(dev), batch["label"].to(dev), scales=cfg.cam_scales,
+                               flip=cfg.cam_flip)
+        for iid, c, lab in zip(batch["id"], cams.cpu(), batch["label"]):
+            save_cams(out_dir / f"{iid}.npz", c, lab)
+        return None
+
+    same_size = _same_size(dataset)
+    engine.predict(model, sub, fn, batch_size=cfg.cam_batch_size if same_size else 1, device=device,
+                   collate_fn=collate_samples, progress=progress, desc="CAMs")
+    return out_dir
+
+
+def _same_size(dataset) -> bool:
+    man = Path(dataset.root) / "toyscenes.json"
+    return man.is_file()  # toy scenes all share one size; real photos do not
+
+
+def iter_cams(cam_dir, dataset, with_raw: bool = True):
+    """Yield ``(cams (C, H, W), label (C,), raw sample)`` in dataset order."""
+    cam_dir = Path(cam_dir)
+    for i, iid in enumerate(dataset.ids):
+        cams, label = load_cams(cam_dir / f"{iid}.npz")
+        yield cams, label, (dataset.get_raw(i) if with_raw else None)
+
+
+def evaluate_cams(cam_dir, dataset, cfg: CAMStageConfig, context_pairs=None, threshold: float | None = None,
+                  progress: bool = False) -> dict:
+    """Background-threshold sweep, then a full evaluation at the best threshold (or ``threshold``).
+
+    Returns ``{"sweep": {t: mIoU}, "best_threshold": t*, **LabelMapEvaluator.summary() at t*}``.
+    The sweep uses the ground truth, so the best threshold is an *oracle* choice: papers report
+    CAM quality this way (IRN's ``eval_cam`` picks its 0.15 on train), and the notebook says so.
+    """
+    from tqdm.auto import tqdm
+
+    raws = [dataset.get_raw(i) for i in tqdm(range(len(dataset)), desc="load masks", disable=not progress)]
+    cam_dir = Path(cam_dir)
+    mats = threshold_sweep(((load_cams(cam_dir / f"{r['id']}.npz")[0], r["label"], r["mask"]) for r in raws),
+                           dataset.num_classes, cfg.thresholds)
+    mi = miou_from_confusion(mats)
+    sweep = {float(t): float(v) for t, v in zip(cfg.thresholds, mi)}
+    best = float(cfg.thresholds[int(np.nanargmax(mi))]) if threshold is None else float(threshold)
+    ev = LabelMapEvaluator(dataset.num_classes, context_pairs, dataset.class_names)
+    for r in raws:
+        cams, label = load_cams(cam_dir / f"{r['id']}.npz")
+        ev.update_from_sample(cams_to_labels(cams, label, threshold=best), r)
+    return {"sweep": sweep, "best_threshold": best, **ev.summary()}
+
+
+def save_pseudo_labels(cam_dir, dataset, out_dir, threshold: float | None = 0.15, alpha: float | None = None,
+                       progress: bool = True) -> Path:
+    """Write each image's CAM pseudo-label as a VOC palette PNG ``out_dir/<id>.png``."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for iid in tqdm(dataset.ids, desc="pseudo-labels", disable=not progress):
+        cams, label = load_cams(Path(cam_dir) / f"{iid}.npz")
+        write_label_png(out_dir / f"{iid}.png", cams_to_labels(cams, label, threshold=threshold, alpha=alpha))
+    return out_dir
+
+
+def write_metrics(path, metrics: dict) -> Path:
+    """Write a notebook's ``metrics.json`` (floats rounded to 6 digits; NaN kept as null)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.floating, float)):
+            return None if np.isnan(v) else round(float(v), 6)
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(metrics), indent=2))
+    return path
