@@ -54,7 +54,8 @@ import numpy as np
 
 from .palette import write_gray_png, write_label_png
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
+"""Bump on every change that alters the pixels or files: cached trees of another version are regenerated."""
 
 CLASS_NAMES = ["background", "boat", "train", "bird", "cat", "car", "person"]
 """Index 0 is background; 1..6 are the toy foreground classes (named after VOC classes)."""
@@ -91,12 +92,14 @@ class ToySceneConfig:
     n_distractors_probs: tuple = (0.45, 0.40, 0.15)  # P(0), P(1), P(2) distractor bodies
     body_size: tuple = (34, 66)  # body diameter range in px at image_size 96 (scaled otherwise)
     badge_size: tuple = (9, 14)  # px at image_size 96
+    badge_colour: str = "random"  # "random": any badge colour, the shape tells the class; "class": per-class colour
     p_nonconvex: float = 0.5
     p_camouflage: float = 0.15
     min_visible: float = 0.45  # an object must keep this share of its body visible
     # context
     p_context_with_class: float = 0.95
     p_context_without_class: float = 0.05
+    context_height: tuple = (0.22, 0.34)  # band height as a share of the image height
     # saliency stand-in ("pretrained detector")
     sal_blur_sigma: float = 1.5
     sal_p_miss: float = 0.08
@@ -302,17 +305,20 @@ def _ignore_border(inst: np.ndarray) -> np.ndarray:
 def render_scene(cfg: ToySceneConfig, index: int) -> Scene:
     """Draw scene ``index`` of the dataset defined by ``cfg`` (deterministic in (seed, index)).
 
-    Every scene holds at least one labelled object (as every VOC image does): a draw in which all
-    labelled bodies were too occluded to carry a visible badge is redrawn with the next sub-seed.
+    A draw in which a labelled body ends up too occluded to carry a visible badge is redrawn with
+    the next sub-seed, so that every image holds at least one labelled object (as every VOC image
+    does), the context bands follow the classes actually present, and the object-count and
+    co-occurrence probabilities are the configured ones.
     """
     for attempt in range(100):
         scene = _render(cfg, np.random.default_rng([cfg.seed, index, GENERATOR_VERSION, attempt]))
-        if scene.objects:
+        if scene is not None:
             return scene
-    raise RuntimeError(f"scene {index}: no labelled object after 100 draws; check the config")  # pragma: no cover
+    raise RuntimeError(f"scene {index}: no valid draw after 100 attempts; check the config")  # pragma: no cover
 
 
-def _render(cfg: ToySceneConfig, rng: np.random.Generator) -> Scene:
+def _render(cfg: ToySceneConfig, rng: np.random.Generator) -> Scene | None:
+    """One draw; None if a labelled body could not be placed or could not show its badge."""
     S = cfg.image_size
     k = S / 96.0
     img = _background(rng, S)
@@ -328,7 +334,7 @@ def _render(cfg: ToySceneConfig, rng: np.random.Generator) -> Scene:
     for cid, (_, ccls) in CONTEXTS.items():
         p = cfg.p_context_with_class if ccls in classes else cfg.p_context_without_class
         if rng.random() < p:
-            h = int(round(S * rng.uniform(0.22, 0.34)))
+            h = int(round(S * rng.uniform(*cfg.context_height)))
             y1 = free_top
             y0 = y1 - h
             if y0 < S * 0.25:
@@ -370,6 +376,8 @@ def _render(cfg: ToySceneConfig, rng: np.random.Generator) -> Scene:
             if covered_ok:
                 break
         else:
+            if not dis:
+                return None  # a labelled object found no place: redraw the scene
             continue
         camo = rng.random() < cfg.p_camouflage
         if camo:  # colour copied from the background beneath the body
@@ -399,11 +407,11 @@ def _render(cfg: ToySceneConfig, rng: np.random.Generator) -> Scene:
         # corners of the x / square-ring / triangle badges reach ≈1.45× the half-size
         cand = np.argwhere(dist >= 1.45 * bsize / 2 + 1.5)
         if len(cand) == 0 or vis.sum() < cfg.min_visible * m.sum():
-            # no room for a visible badge: the body becomes an unlabelled distractor
-            bodies[j] = (0, True, m, camo, nonconvex)
-            continue
+            return None  # no room for a visible badge: redraw the scene
         by, bx = cand[rng.integers(len(cand))]
         shape, colour = BADGES[c]
+        if cfg.badge_colour == "random":  # class identity is carried by the shape alone
+            colour = BADGES[int(rng.integers(1, len(BADGES) + 1))][1]
         bm = _badge_mask(shape, int(bx), int(by), bsize, S) & vis
         rim = cv2.dilate(bm.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~bm & vis
         img[rim] = (20, 20, 20)
@@ -470,6 +478,8 @@ def _xml(image_id: str, S: int, objects: list) -> str:
             f"\t\t<name>{CLASS_NAMES[o['cls']]}</name>\n"
             "\t\t<pose>Unspecified</pose>\n"
             f"\t\t<truncated>{int(o['truncated'])}</truncated>\n"
+            f"\t\t<camouflaged>{int(o['camouflaged'])}</camouflaged>\n"
+            f"\t\t<nonconvex>{int(o['nonconvex'])}</nonconvex>\n"
             "\t\t<difficult>0</difficult>\n"
             f"\t\t<bndbox>\n\t\t\t<xmin>{x1 + 1}</xmin>\n\t\t\t<ymin>{y1 + 1}</ymin>\n"
             f"\t\t\t<xmax>{x2}</xmax>\n\t\t\t<ymax>{y2}</ymax>\n\t\t</bndbox>\n"
@@ -621,7 +631,7 @@ def ensure_toyscenes(root: str | os.PathLike, cfg: ToySceneConfig | str = "tutor
         cfg = config_for_profile(cfg)
     man = load_manifest(root)
     if (not force and man is not None and man.get("generator_version") == GENERATOR_VERSION
-            and ToySceneConfig.from_dict(man["config"]) == cfg):
+            and man.get("config") == cfg.to_dict()):
         return man
     return generate(root, cfg, workers=workers, progress=progress)
 

@@ -1,0 +1,43 @@
+# wsss-lab — two commands do all set-up on a fresh machine:
+#   make tutorial   create/refresh .venv, run every notebook on the toy scenes (profile tutorial)
+#   make test       create/refresh .venv, run the tests and every notebook's smoke profile
+PYTHON     ?= python3
+VENV       ?= .venv
+# torch is installed first, pinned, so that no resolver reaches for another (multi-GB) build.
+# On aarch64 use: make TORCH_SPEC="torch==2.9.1 torchvision==0.24.1" ...
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.wsss-installed
+RUNS       ?= runs
+
+.PHONY: setup test tutorial smoke lab bench data clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke
+
+smoke: $(STAMP)
+	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke
+
+tutorial: $(STAMP)
+	$(PY) -m wsss_core.notebooks --profile tutorial --out $(RUNS)/tutorial
+
+data: $(STAMP)
+	$(PY) -m wsss_core.data.toyscenes --out data/toy/tutorial --profile tutorial
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_cam_stage.py --profile tutorial
+
+clean:
+	rm -rf $(RUNS) data/toy

@@ -1,0 +1,92 @@
+"""The papermill notebook runner and the `wsss` CLI, on tiny notebooks and trees built here."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from wsss_core import cli
+from wsss_core.notebooks import compare_to_baseline, main as runner_main
+
+pytestmark = pytest.mark.slow
+
+
+def _notebook(path: Path, body: str) -> None:
+    params = new_code_cell('PROFILE = "tutorial"\nOUT_DIR = "out"\nSEED = 0\nDEVICE = "auto"\nUSE_SOLUTIONS = False')
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+WRITE_METRICS = """
+import json, pathlib, os
+out = pathlib.Path(OUT_DIR) / "{name}"
+out.mkdir(parents=True, exist_ok=True)
+(out / "metrics.json").write_text(json.dumps({{"score": 0.8 if PROFILE == "smoke" else 0.9, "seed": SEED,
+    "solutions": USE_SOLUTIONS, "static": os.environ.get("WSSS_STATIC_WIDGETS")}}))
+"""
+
+
+def test_runner_executes_gathers_and_fails_on_error(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_good.ipynb", WRITE_METRICS.format(name="00_good"))
+    _notebook(nbs / "01_bad.ipynb", "raise RuntimeError('boom')")
+    out = tmp_path / "runs"
+    rc = runner_main(["--profile", "smoke", "--out", str(out), "--notebooks", str(nbs), "--keep-going"])
+    assert rc == 1  # one notebook failed
+    summary = json.loads((out / "summary.json").read_text())
+    recs = {r["notebook"]: r for r in summary["notebooks"]}
+    assert recs["00_good"]["ok"] and not recs["01_bad"]["ok"]
+    assert "boom" in recs["01_bad"]["error"]
+    # parameters were injected: profile, seed, solutions on, static widgets
+    assert summary["metrics"]["00_good"] == {"score": 0.8, "seed": 0, "solutions": True, "static": "1"}
+    assert (out / "00_good.ipynb").is_file()
+    md = (out / "summary.md").read_text()
+    assert "00_good" in md and "FAILED" in md and "`score`" in md
+
+
+def test_runner_ok_and_baseline_regression(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_good.ipynb", WRITE_METRICS.format(name="00_good"))
+    out = tmp_path / "runs"
+    assert runner_main(["--profile", "smoke", "--out", str(out), "--notebooks", str(nbs)]) == 0
+    # the smoke score is 0.8: a baseline of 0.81 passes at tolerance 0.02, one of 0.9 fails
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps({"metrics": {"00_good": {"score": 0.81}}}))
+    assert runner_main(["--profile", "smoke", "--out", str(out), "--notebooks", str(nbs),
+                        "--baseline", str(ok), "--tolerance", "0.02"]) == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"metrics": {"00_good": {"score": 0.9}}}))
+    assert runner_main(["--profile", "smoke", "--out", str(out), "--notebooks", str(nbs),
+                        "--baseline", str(bad), "--tolerance", "0.02"]) == 1
+    assert "00_good.score" in json.loads((out / "summary.json").read_text())["regressions"][0]
+
+
+def test_compare_to_baseline_directions_and_missing():
+    recs = [{"notebook": "01", "metrics": {"miou": 0.50, "leak": 0.30}}]
+    base = {"metrics": {"01": {"miou": 0.55, "leak": 0.20, "gone": 1.0}}, "lower_is_better": ["leak"],
+            "tolerances": {"miou": 0.1}}
+    probs = compare_to_baseline(recs, base, default_tol=0.05)
+    # miou dropped 0.05 ≤ its own tolerance 0.1: fine; leak rose 0.10 > 0.05: regression; gone: missing
+    assert len(probs) == 2
+    assert any(p.startswith("01.leak") for p in probs) and any(p.startswith("01.gone: missing") for p in probs)
+
+
+def test_cli_generates_and_validates_toy_tree(tmp_path, capsys):
+    from wsss_core.data.toyscenes import ToySceneConfig, ensure_toyscenes
+
+    root = tmp_path / "toy"
+    ensure_toyscenes(root, ToySceneConfig(n_train=6, n_val=3), workers=1, progress=False)
+    assert cli.main(["data", "validate", str(root), "--split", "val"]) == 0
+    assert "3 items" in capsys.readouterr().out
+    (root / "JPEGImages" / "toy_000007.jpg").write_bytes(b"not a jpeg")
+    from wsss_core.data.palette import DatasetError
+
+    with pytest.raises(DatasetError, match="toy_000007.jpg"):
+        cli.main(["data", "validate", str(root), "--split", "val"])

@@ -1,0 +1,118 @@
+"""``wsss`` — every stage from the command line, for people who do not want notebooks.
+
+    wsss data toy --profile tutorial --out data/toy/tutorial   # generate the toy scenes
+    wsss data validate data/toy/tutorial --split train         # check a VOC-layout tree, list bad files
+    wsss cam --profile tutorial --out runs/cli/cam             # train classifier, CAMs, pseudo-labels, metrics
+    wsss notebooks --profile smoke --out runs/smoke            # = python -m wsss_core.notebooks
+
+The presets are the ones the notebooks use (:mod:`wsss_core.profiles`), so the CLI reproduces a
+notebook's numbers. Under ``torchrun --nproc_per_node N -m wsss_core.cli cam ...`` training runs
+with DistributedDataParallel (CAM inference and evaluation run on rank 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_data(a) -> int:
+    if a.what == "toy":
+        from .data.toyscenes import main as toy_main
+
+        argv = ["--out", a.out or f"data/toy/{a.profile}", "--profile", a.profile]
+        if a.force:
+            argv.append("--force")
+        return toy_main(argv)
+    from .data.voc import VOCLayoutDataset
+
+    ds = VOCLayoutDataset(a.root, a.split)
+    n = ds.validate(progress=True)
+    print(f"{ds.root}: {n} items of split {a.split!r} read without error "
+          f"({ds.num_classes} classes: {', '.join(ds.class_names[1:])})")
+    return 0
+
+
+def _cmd_cam(a) -> int:
+    from . import engine, profiles
+    from .stages import cam as S
+
+    data = profiles.prepare_data(a.profile, a.data_root)
+    cfg = profiles.cam_config(a.profile)
+    over = {"seed": a.seed, "device": a.device}
+    if a.epochs is not None:
+        over["epochs"] = a.epochs
+    cfg = cfg.replace(train=cfg.train.replace(**over))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train_ds = S.classification_dataset(data.root, data.train_split, cfg, mask_dir=None) if data.kind == "voc" else \
+        S.classification_dataset(data.root, data.train_split, cfg)
+    val_ds = S.classification_dataset(data.root, data.val_split, cfg, train=False)
+    model, history = S.train_classifier(cfg, train_ds, out / "classifier", val_ds=val_ds)
+    info = engine.get_dist_info()
+    if not info.is_main:
+        engine.cleanup_distributed()
+        return 0
+    t1 = time.perf_counter()
+    cls = S.classification_report(model, val_ds)
+    cam_split = "train"  # pseudo-label quality is measured on VOC's train (1 464) as the papers do
+    ev = S.evaluation_dataset(data.root, cam_split, cfg)
+    S.make_cams(model, ev, out / "cams", cfg)
+    t2 = time.perf_counter()
+    rep = S.evaluate_cams(out / "cams", ev, cfg, data.context_pairs)
+    S.save_pseudo_labels(out / "cams", ev, out / "pseudo_labels", threshold=rep["best_threshold"])
+    metrics = {"cls_map": cls["map"], "cam_miou": rep["miou"], "cam_best_threshold": rep["best_threshold"],
+               "cam_fg_precision": rep["fg_precision"], "cam_fg_recall": rep["fg_recall"],
+               "cam_sweep": rep["sweep"], "train_seconds": t1 - t0, "cam_seconds": t2 - t1}
+    for k in ("part_recall", "body_recall", "context_leak", "background_leak"):
+        if k in rep:
+            metrics[f"cam_{k}"] = rep[k]
+    S.write_metrics(out / "metrics.json", metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2, default=float))
+    engine.cleanup_distributed()
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="wsss", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="generate or validate datasets")
+    dsub = d.add_subparsers(dest="what", required=True)
+    t = dsub.add_parser("toy", help="generate the toy scenes (VOC layout)")
+    t.add_argument("--profile", default="tutorial", choices=["smoke", "tutorial"])
+    t.add_argument("--out")
+    t.add_argument("--force", action="store_true")
+    v = dsub.add_parser("validate", help="read every item of a VOC-layout split, report all bad files")
+    v.add_argument("root")
+    v.add_argument("--split", default="train")
+    d.set_defaults(fn=_cmd_data)
+
+    c = sub.add_parser("cam", help="the CAM stage: classifier, CAMs, pseudo-labels, metrics")
+    c.add_argument("--profile", default="tutorial", choices=["smoke", "tutorial", "paper"])
+    c.add_argument("--out", required=True)
+    c.add_argument("--data-root")
+    c.add_argument("--epochs", type=int)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
+    c.set_defaults(fn=_cmd_cam)
+
+    n = sub.add_parser("notebooks", help="run the notebooks with papermill (see python -m wsss_core.notebooks -h)",
+                       add_help=False)
+    n.set_defaults(fn=None)
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "notebooks":
+        from .notebooks import main as nb_main
+
+        return nb_main(argv[1:])
+    a = ap.parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
