@@ -482,7 +482,7 @@ def test_ensure_toyscenes_caches_and_regenerates(tmp_path):
 
 def test_profiles():
     assert ts.config_for_profile("smoke").n_train == 64
-    assert ts.config_for_profile("tutorial", seed=3) == ToySceneConfig(n_train=2000, n_val=500, seed=3)
+    assert ts.config_for_profile("tutorial", seed=3) == ToySceneConfig(n_train=1000, n_val=500, seed=3)
     with pytest.raises(ValueError, match="unknown toy-scenes profile"):
         ts.config_for_profile("paper")
 

@@ -5,9 +5,14 @@
 * the confusion matrix → mIoU, per-class IoU, class-aware foreground precision / recall;
 * where the dataset has ``part_mask`` (toy scenes): recall on discriminative-part pixels vs the rest
   of each object (``part_recall`` / ``body_recall``, the partial-coverage problem of CAMs);
-* where it has ``context_mask`` and the context table: the share of each co-occurring context region
-  labelled as its class (``context_leak``), EPS's confusion ratio m_{k,c}/t_c, and the same share for
-  ordinary background (``background_leak``, any foreground class).
+* where it has ``context_mask`` and the context table (pairs of a class c and its context region k):
+  EPS's confusion ratio m_{k,c}/t_c, and a *controlled* leak comparison. In the images that contain
+  c, ``context_leak`` is the share of region-k pixels labelled c and ``background_leak`` the share
+  of ordinary background pixels (not object, not any context) labelled c: same images, same class,
+  same label maps, so the ratio of the two isolates what co-occurrence adds (a classifier that
+  learned "water ⇒ boat" labels water as boat far more often than other background). Both are pooled
+  over pairs (ratios of summed counts) and given per pair. ``background_fg_share`` is the share of
+  all ordinary background labelled as *any* class, over all images (spill around every object).
 
 The metric names are the ones notebooks write to ``metrics.json`` (prefixed by the method).
 """
@@ -43,6 +48,8 @@ class LabelMapEvaluator:
         self.cr = ConfusionRatio()
         self.has_parts = False
         self.has_context = False
+        # per pair: [context pixels labelled c, context pixels, ordinary bg labelled c, ordinary bg], images with c
+        self.leak_counts = {name: np.zeros(4, np.int64) for name in self.context_pairs}
         self.n_images = 0
 
     def update(self, pred, gt, part_mask=None, context_mask=None) -> "LabelMapEvaluator":
@@ -57,7 +64,17 @@ class LabelMapEvaluator:
             self.body.update(pred, gt, ~part)
             self.has_parts = True
         if context_mask is not None and self.context_pairs:
-            self.cr.update(pred, gt, np.asarray(context_mask), self.context_pairs)
+            ctx = np.asarray(context_mask)
+            self.cr.update(pred, gt, ctx, self.context_pairs)
+            valid = gt != 255
+            ordinary = (gt == 0) & (ctx == 0)
+            for name, (c, k) in self.context_pairs.items():
+                if not (gt == c).any():
+                    continue
+                region = (ctx == k) & valid & (gt != c)
+                pc = pred == c
+                self.leak_counts[name] += (int((region & pc).sum()), int(region.sum()),
+                                           int((ordinary & pc).sum()), int(ordinary.sum()))
             self.has_context = True
         self.n_images += 1
         return self
@@ -82,15 +99,20 @@ class LabelMapEvaluator:
             out["part_recall"] = self.part.value
             out["body_recall"] = self.body.value
         if self.has_context:
-            m = sum(self.cr.m.values())
-            reg = sum(self.cr.region.values())
-            out["context_leak"] = m / reg if reg else math.nan
-            out["context_leak_per_pair"] = self.cr.leak()
+            tot = sum(self.leak_counts.values())
+            out["context_leak"] = _div(tot[0], tot[1])
+            out["background_leak"] = _div(tot[2], tot[3])
+            out["context_leak_per_pair"] = {n: _div(v[0], v[1]) for n, v in self.leak_counts.items()}
+            out["background_leak_per_pair"] = {n: _div(v[2], v[3]) for n, v in self.leak_counts.items()}
             out["confusion_ratio"] = self.cr.ratios()
-            t = sum(self.cr.t.values())
-            out["confusion_ratio_pooled"] = m / t if t else math.nan
-            out["background_leak"] = self.cr.background_leak()
+            m, t = sum(self.cr.m.values()), sum(self.cr.t.values())
+            out["confusion_ratio_pooled"] = _div(m, t)
+            out["background_fg_share"] = self.cr.background_leak()
         return out
+
+
+def _div(a, b) -> float:
+    return float(a) / float(b) if b else math.nan
 
 
 def evaluate_label_maps(preds: Iterable[np.ndarray], dataset, context_pairs=None, progress: bool = False,

@@ -54,7 +54,7 @@ import numpy as np
 
 from .palette import write_gray_png, write_label_png
 
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 """Bump on every change that alters the pixels or files: cached trees of another version are regenerated."""
 
 CLASS_NAMES = ["background", "boat", "train", "bird", "cat", "car", "person"]
@@ -83,7 +83,7 @@ BADGES = {
 class ToySceneConfig:
     """Everything that determines the dataset; stored in ``toyscenes.json`` for caching."""
 
-    n_train: int = 2000
+    n_train: int = 1000
     n_val: int = 500
     image_size: int = 96
     seed: int = 0
@@ -98,8 +98,8 @@ class ToySceneConfig:
     min_visible: float = 0.45  # an object must keep this share of its body visible
     # context
     p_context_with_class: float = 0.95
-    p_context_without_class: float = 0.05
-    context_height: tuple = (0.22, 0.34)  # band height as a share of the image height
+    p_context_without_class: float = 0.03
+    context_height: tuple = (0.12, 0.2)  # band height as a share of the image height
     # saliency stand-in ("pretrained detector")
     sal_blur_sigma: float = 1.5
     sal_p_miss: float = 0.08
@@ -119,7 +119,7 @@ class ToySceneConfig:
 
 PROFILES = {
     "smoke": dict(n_train=64, n_val=32),
-    "tutorial": dict(n_train=2000, n_val=500),
+    "tutorial": dict(n_train=1000, n_val=500),
 }
 """Dataset size per notebook profile (the ``paper`` profile uses PASCAL VOC instead)."""
 

@@ -64,7 +64,7 @@ class CAMStageConfig:
     hflip: bool = True
     color_jitter: tuple | None = None
     train: engine.TrainConfig = field(default_factory=lambda: engine.TrainConfig(
-        epochs=12, batch_size=32, lr=3e-3, optimizer="adam", schedule="onecycle", weight_decay=1e-4, desc="classifier"))
+        epochs=10, batch_size=32, lr=3e-3, optimizer="adam", schedule="onecycle", weight_decay=1e-4, desc="classifier"))
     cam_scales: tuple = (1.0, 0.5, 1.5, 2.0)
     cam_flip: bool = True
     cam_batch_size: int = 32
@@ -131,6 +131,8 @@ def predict_scores(model, dataset, batch_size: int = 64, device=None, progress: 
     def fn(m, batch, dev):
         return m(batch["image"].to(dev)).float().cpu(), batch["label"]
 
+    if not _same_size(dataset):
+        batch_size = 1  # real photos differ in size; the toy scenes share one
     out = engine.predict(model, dataset, fn, batch_size=batch_size, device=device, collate_fn=collate_samples,
                          progress=progress, desc="scores")
     scores = torch.cat([o[0] for o in out]).numpy() if out else np.zeros((0, dataset.num_classes), np.float32)
@@ -152,6 +154,8 @@ def train_classifier(cfg: CAMStageConfig, train_ds, checkpoint_dir=None, val_ds=
     retrained. With ``val_ds``, validation mAP is recorded after each epoch (``history.epochs``).
     """
     num_classes = num_classes or train_ds.num_classes
+    if checkpoint_dir is not None:
+        _check_stage_identity(cfg, checkpoint_dir)
     engine.seed_everything(cfg.train.seed)
     model = build_model(cfg, num_classes)
     tcfg = cfg.train if checkpoint_dir is None else cfg.train.replace(checkpoint_dir=str(checkpoint_dir))
@@ -165,6 +169,29 @@ def train_classifier(cfg: CAMStageConfig, train_ds, checkpoint_dir=None, val_ds=
                            param_groups=lambda m: engine.unwrap(m).param_groups(cfg.lr_mult_new), eval_fn=eval_fn)
     model.eval()
     return model, history
+
+
+# fields that do not change the trained weights (the engine compares the TrainConfig itself)
+_INFERENCE_FIELDS = {"train", "cam_scales", "cam_flip", "cam_batch_size", "eval_threshold", "thresholds",
+                     "min_val_map", "cache_images"}
+
+
+def _check_stage_identity(cfg: CAMStageConfig, checkpoint_dir) -> None:
+    """Refuse to resume a checkpoint trained with another model/augmentation config (the engine only
+    sees the TrainConfig): ``checkpoint_dir/stage_config.json`` records what made the weights."""
+    d = Path(checkpoint_dir)
+    ident = {k: v for k, v in json.loads(json.dumps(cfg.to_dict(), default=list)).items() if k not in _INFERENCE_FIELDS}
+    f = d / "stage_config.json"
+    if (d / "last.pt").exists() and f.is_file():
+        old = json.loads(f.read_text())
+        diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+        if diff and cfg.train.resume:
+            lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise engine.CheckpointMismatchError(
+                f"{d}: the checkpoint was trained with a different CAM-stage config ({lines}). Delete the folder, "
+                "choose another checkpoint_dir, or set train.resume=False to start afresh.")
+    d.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(ident, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------
