@@ -526,3 +526,16 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--ddp-worker":
     _ddp_worker(sys.argv[2])
+
+
+def test_predict_leaves_the_global_rng_alone():
+    """An evaluation between epochs must not change the training run's random draws."""
+    from wsss_core.engine import predict
+
+    model = torch.nn.Linear(2, 1)
+    ds = torch.utils.data.TensorDataset(torch.zeros(4, 2))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    predict(model, ds, lambda m, b, d: None, batch_size=2, progress=False)
+    assert torch.equal(torch.rand(3), expected)

@@ -1197,6 +1197,9 @@ def predict(
         collate_fn=collate_fn,
         pin_memory=device.type == "cuda",
         drop_last=False,
+        # an own generator: a DataLoader otherwise draws its base seed from the global RNG, so that an
+        # evaluation between epochs would change the training run's augmentation and dropout draws
+        generator=torch.Generator().manual_seed(0),
     )
     was_training = model.training
     model.eval()
