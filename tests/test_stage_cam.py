@@ -123,3 +123,35 @@ def test_cam_stage_end_to_end(toy, tmp_path, monkeypatch):
                                                            "per_class": rep["per_class_iou"]})
     written = json.loads(path.read_text())
     assert written["cam_miou"] == pytest.approx(rep["miou"], abs=1e-6) and written["nan"] is None
+
+
+@pytest.mark.slow
+def test_paper_profile_code_path_on_a_small_voc_tree(make_voc_tree, tmp_path):
+    """The ``paper`` preset (ResNet-50, output stride 16, frozen BN and stages, SGD + poly, resize-long +
+    crop) runs end-to-end on real-VOC-like data: 20 classes, images of different sizes (batch 1 at
+    inference). Shrunk only in size (crop 64, 1 epoch, no ImageNet weights offline)."""
+    from wsss_core import profiles
+
+    items = {f"im{i}": {"size": (40 + 6 * i, 56 - 4 * i), "objects": [(1 + 3 * i, (4, 5, 30, 30), False)]}
+             for i in range(4)}
+    tree = make_voc_tree(items, nest="VOCdevkit", splits={"train": list(items), "val": list(items)[:2]})
+    cfg = profiles.cam_config("paper")
+    assert cfg.backbone == "resnet50" and cfg.backbone_kwargs["output_stride"] == 16
+    assert cfg.train.optimizer == "sgd" and cfg.train.schedule == "poly" and cfg.cam_scales == (1.0, 0.5, 1.5, 2.0)
+    # no ImageNet weights offline, hence no frozen BN statistics either (they are ImageNet's)
+    cfg = cfg.replace(backbone_kwargs={**cfg.backbone_kwargs, "weights": None, "freeze_bn": False}, crop_size=64,
+                      long_side=(48, 72), cam_scales=(1.0, 0.5),
+                      train=cfg.train.replace(epochs=1, batch_size=2, lr=0.01, num_workers=0, progress=False))
+    train_ds = stage.classification_dataset(tree.base, "train", cfg)
+    val_ds = stage.classification_dataset(tree.base, "val", cfg, train=False)
+    assert train_ds.num_classes == 20
+    model, hist = stage.train_classifier(cfg, train_ds, tmp_path / "ck", val_ds=val_ds)
+    assert len(hist.epochs) == 1 and "val_map" in hist.epochs[0]
+    ev = stage.evaluation_dataset(tree.base, "train", cfg)
+    stage.make_cams(model, ev, tmp_path / "cams", cfg, progress=False)
+    for i, iid in enumerate(ev.ids):
+        cams, label = load_cams(tmp_path / "cams" / f"{iid}.npz")
+        assert cams.shape == (20,) + items[iid]["size"]  # full resolution, per image size
+        assert label.sum() == 1 and label[3 * i] == 1
+    rep = stage.evaluate_cams(tmp_path / "cams", ev, cfg)
+    assert 0.0 <= rep["miou"] <= 1.0 and "context_leak" not in rep

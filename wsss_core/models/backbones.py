@@ -133,6 +133,12 @@ class ResNetBackbone(nn.Module):
         dil = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}
         if output_stride not in dil:
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if freeze_bn and weights is None:
+            import warnings
+
+            warnings.warn("freeze_bn=True keeps BatchNorm's stored statistics, which only mean something with "
+                          "pretrained weights (loaded here or later); training a random ResNet with frozen BN "
+                          "statistics diverges: use freeze_bn=False to train from scratch", stacklevel=2)
         if depth < 50 and output_stride != 32:
             raise ValueError("dilation needs Bottleneck blocks: use depth 50/101 for output_stride 8/16")
         norm = FixedBatchNorm if freeze_bn else nn.BatchNorm2d
