@@ -85,7 +85,6 @@ N_SHOW = 6                  # images in the example figures
 
 code(r"""
 # Everything else is derived from the parameters above.
-import hashlib
 import json
 import math
 import os
@@ -140,21 +139,11 @@ C = eval_ds.num_classes
 # --- where things go. A checkpoint is only reused by the run that wrote it: its folder name holds a
 # fingerprint of everything that changes the trained weights (backbone, augmentation, optimiser,
 # epochs, seed, and the data set's own config), so changing EPOCHS or the backbone trains a new one
-# next to the old instead of silently reloading it. CAMs and pseudo-labels keep fixed folders (the
-# later notebooks read them); cams/source.json records which classifier and scales made them.
-def fingerprint(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-RUN_FREE = ("device", "progress", "num_workers", "checkpoint_dir", "resume", "desc")   # do not change the weights
-CAM_ONLY = ("cam_scales", "cam_flip", "cam_batch_size", "eval_threshold", "thresholds", "min_val_map", "cache_images")
-train_identity = {k: v for k, v in cfg.to_dict().items() if k not in CAM_ONLY + ("train",)}
-train_identity["train"] = {k: v for k, v in cfg.train.to_dict().items() if k not in RUN_FREE}
-train_identity["data"] = ({"generator_version": data.manifest["generator_version"], "config": data.manifest["config"]}
-                          if TOY else {"root": data.root.name, "split": data.train_split})
+# next to the old instead of silently reloading it (`stage.checkpoint_dir_for`). CAMs and pseudo-labels
+# keep fixed folders (the later notebooks read them); cams/source.json records which classifier and
+# scales made them (`stage.ensure_cams`).
 OUT = Path(OUT_DIR) / "01_class_activation_maps"
-CKPT_DIR = OUT / "classifier" / (f"{cfg.backbone}-os{cfg.backbone_kwargs.get('output_stride', 'x')}"
-                                 f"-e{cfg.train.epochs}-seed{cfg.train.seed}-{fingerprint(train_identity)}")
+CKPT_DIR = stage.checkpoint_dir_for(cfg, OUT, data)
 CAM_DIR = OUT / "cams"
 LABEL_DIR = OUT / "pseudo_labels"
 OUT.mkdir(parents=True, exist_ok=True)
@@ -406,8 +395,6 @@ after every epoch. A finished checkpoint in the same folder is reloaded instead 
 """)
 
 code(r"""
-CKPT_DIR.mkdir(parents=True, exist_ok=True)
-(CKPT_DIR / "stage_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
 existed = (CKPT_DIR / engine.CHECKPOINT_NAME).is_file()
 t0 = time.perf_counter()
 try:
@@ -477,21 +464,10 @@ classifier with the same scales are kept.
 """)
 
 code(r"""
-source = {"classifier": CKPT_DIR.name, "split": EVAL_SPLIT, "scales": list(cfg.cam_scales), "flip": cfg.cam_flip,
-          "n_images": len(eval_ds)}
-source_path = CAM_DIR / "source.json"
-old = json.loads(source_path.read_text()) if source_path.is_file() else None
-if old is not None and {k: old.get(k) for k in source} == source:
-    stage.make_cams(model, eval_ds, CAM_DIR, cfg)        # only fills in missing files
-    cam_seconds = float(old["seconds"])
+cam_seconds, reused = stage.ensure_cams(model, eval_ds, CAM_DIR, cfg, CKPT_DIR.name)
+if reused:
     print(f"reused the CAMs in {rel(CAM_DIR)} (made in {cam_seconds:.0f} s)")
 else:
-    for p in CAM_DIR.glob("*.npz"):                      # made by another classifier / scales: remake them all
-        p.unlink()
-    t0 = time.perf_counter()
-    stage.make_cams(model, eval_ds, CAM_DIR, cfg)
-    cam_seconds = time.perf_counter() - t0
-    source_path.write_text(json.dumps({**source, "seconds": cam_seconds}, indent=2))
     n_pass = len(cfg.cam_scales) * (2 if cfg.cam_flip else 1)
     print(f"made CAMs of {len(eval_ds)} images × {n_pass} passes in {cam_seconds:.0f} s → {rel(CAM_DIR)}")
 

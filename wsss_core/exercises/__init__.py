@@ -50,19 +50,42 @@ def _allclose(a, b) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, atol=1e-5, rtol=1e-4, equal_nan=True))
 
 
-def exercise(name: str) -> Exercise:
-    from . import library  # noqa: F401  (registers the exercises)
+def _load_all() -> None:
+    """Import every module that registers exercises: ``library`` (notebooks 00-01) and ``nbNN``
+    (one per later notebook, e.g. ``nb02``), so that notebooks can be written in parallel."""
+    import importlib
+    import pkgutil
 
+    from . import library  # noqa: F401
+
+    for m in pkgutil.iter_modules(__path__):
+        if m.name.startswith("nb"):
+            importlib.import_module(f"{__name__}.{m.name}")
+
+
+def exercise(name: str) -> Exercise:
+    _load_all()
     if name not in _REGISTRY:
         raise KeyError(f"no exercise named {name!r}; known: {sorted(_REGISTRY)}")
     return _REGISTRY[name]
 
 
 def solution(name: str) -> Callable:
-    """The instructor solution (for instructors; students should not need it)."""
+    """The instructor solution (for instructors; students should not need it): looked up in
+    ``solutions`` and then in the per-notebook ``solutions_nbNN`` modules."""
+    import importlib
+    import pkgutil
+
     from . import solutions
 
-    return getattr(solutions, name)
+    if hasattr(solutions, name):
+        return getattr(solutions, name)
+    for m in pkgutil.iter_modules(__path__):
+        if m.name.startswith("solutions_nb"):
+            mod = importlib.import_module(f"{__name__}.{m.name}")
+            if hasattr(mod, name):
+                return getattr(mod, name)
+    raise KeyError(f"no instructor solution for exercise {name!r}")
 
 
 def check(name: str, fn: Callable, use_solution: bool = False, verbose: bool = True) -> bool:

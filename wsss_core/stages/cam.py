@@ -292,3 +292,109 @@ def write_metrics(path, metrics: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(clean(metrics), indent=2))
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole stage, idempotent: what notebook 01 does step by step, for the later notebooks
+# ------------------------------------------------------------------------------------------------
+
+NOTEBOOK = "01_class_activation_maps"
+"""The notebook (and OUT_DIR sub-folder) that owns this stage's artifacts."""
+
+_RUN_FREE = ("device", "progress", "num_workers", "checkpoint_dir", "resume", "desc")
+
+
+def _fingerprint(obj) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def checkpoint_dir_for(cfg: CAMStageConfig, out_dir, data=None) -> Path:
+    """``out_dir/classifier/<backbone>-os<s>-e<epochs>-seed<seed>-<fingerprint>``.
+
+    The fingerprint covers everything that changes the trained weights (backbone, augmentation,
+    optimiser, epochs, seed and — given ``data`` (a :class:`wsss_core.profiles.DataSpec`) — the
+    dataset's own config), so a changed configuration trains a new classifier next to the old one
+    instead of silently reloading it.
+    """
+    ident = {k: v for k, v in cfg.to_dict().items() if k not in _INFERENCE_FIELDS}
+    ident["train"] = {k: v for k, v in cfg.train.to_dict().items() if k not in _RUN_FREE}
+    if data is not None:
+        ident["data"] = ({"generator_version": data.manifest["generator_version"], "config": data.manifest["config"]}
+                         if data.manifest else {"root": Path(data.root).name, "split": data.train_split})
+    name = (f"{cfg.backbone}-os{cfg.backbone_kwargs.get('output_stride', 'x')}-e{cfg.train.epochs}"
+            f"-seed{cfg.train.seed}-{_fingerprint(ident)}")
+    return Path(out_dir) / "classifier" / name
+
+
+def ensure_cams(model, dataset, cam_dir, cfg: CAMStageConfig, classifier_name: str, progress: bool = True) -> tuple[float, bool]:
+    """Make the CAMs of ``dataset`` unless ``cam_dir`` already holds those of the same classifier,
+    split and scales (recorded in ``cam_dir/source.json``); CAMs of anything else are deleted first.
+
+    Returns ``(seconds it took to make them, reused?)``.
+    """
+    import time
+
+    cam_dir = Path(cam_dir)
+    source = {"classifier": classifier_name, "split": getattr(dataset, "split", None), "scales": list(cfg.cam_scales),
+              "flip": cfg.cam_flip, "n_images": len(dataset)}
+    source_path = cam_dir / "source.json"
+    old = json.loads(source_path.read_text()) if source_path.is_file() else None
+    if old is not None and {k: old.get(k) for k in source} == source:
+        make_cams(model, dataset, cam_dir, cfg, progress=progress)  # fills in missing files only
+        return float(old["seconds"]), True
+    for p in cam_dir.glob("*.npz"):
+        p.unlink()
+    t0 = time.perf_counter()
+    make_cams(model, dataset, cam_dir, cfg, progress=progress)
+    seconds = time.perf_counter() - t0
+    source_path.write_text(json.dumps({**source, "seconds": seconds}, indent=2))
+    return seconds, False
+
+
+@dataclass
+class CAMStageResult:
+    """What :func:`run` leaves behind (all paths under ``out_dir``)."""
+
+    model: CAMClassifier
+    cfg: CAMStageConfig
+    checkpoint_dir: Path
+    cam_dir: Path
+    label_dir: Path
+    report: dict
+    train_dataset: VOCLayoutDataset  # evaluation view of the split the CAMs were made for
+    val_map: float
+
+
+def run(cfg: CAMStageConfig, data, out_dir, progress: bool = True) -> CAMStageResult:
+    """The whole CAM stage, reusing whatever is already in ``out_dir`` (normally
+    ``OUT_DIR/01_class_activation_maps``, so later notebooks pick up notebook 01's classifier and CAMs):
+
+    train (or reload) the classifier, make (or reuse) the CAMs of the training split, evaluate them
+    with a threshold sweep, save the pseudo-labels at the best threshold, and write
+    ``out_dir/cam_report.json``. ``data`` is a :class:`wsss_core.profiles.DataSpec`.
+    """
+    out_dir = Path(out_dir)
+    ckpt = checkpoint_dir_for(cfg, out_dir, data)
+    train_ds = classification_dataset(data.root, data.train_split, cfg)
+    val_ds = classification_dataset(data.root, data.val_split, cfg, train=False)
+    model, _ = train_classifier(cfg, train_ds, ckpt, val_ds=val_ds)
+    val_map = classification_report(model, val_ds)["map"]
+    ev = evaluation_dataset(data.root, data.train_split, cfg)
+    cam_dir, label_dir = out_dir / "cams", out_dir / "pseudo_labels"
+    ensure_cams(model, ev, cam_dir, cfg, ckpt.name, progress=progress)
+    report_path = out_dir / "cam_report.json"
+    report = None
+    if report_path.is_file():
+        stored = json.loads(report_path.read_text())
+        if stored.get("source") == json.loads((cam_dir / "source.json").read_text()).get("classifier"):
+            report = stored["report"]
+    if report is None:
+        report = evaluate_cams(cam_dir, ev, cfg, data.context_pairs)
+        for p in label_dir.glob("*.png"):
+            p.unlink()
+        write_metrics(report_path, {"source": ckpt.name, "report": report})
+    if len(list(label_dir.glob("*.png"))) != len(ev):
+        save_pseudo_labels(cam_dir, ev, label_dir, threshold=report["best_threshold"], progress=progress)
+    return CAMStageResult(model, cfg, ckpt, cam_dir, label_dir, report, ev, val_map)
