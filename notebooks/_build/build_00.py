@@ -6,26 +6,10 @@ Edit the cells here, not in the .ipynb, and re-run this script; the notebook is 
 """
 from __future__ import annotations
 
-from pathlib import Path
+from nbbuild import NotebookBuilder
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-HERE = Path(__file__).resolve().parent
-TARGET = HERE.parent / "00_weak_supervision.ipynb"
-
-cells: list = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str, tags: list[str] | None = None) -> None:
-    c = new_code_cell(text.strip("\n"))
-    if tags:
-        c.metadata["tags"] = list(tags)
-    cells.append(c)
+NB = NotebookBuilder("00_weak_supervision")
+md, code = NB.md, NB.code
 
 
 # =====================================================================================================
@@ -1130,20 +1114,5 @@ find the badges.
 """)
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
-    for i, c in enumerate(nb.cells):
-        c["id"] = f"nb00-{i:02d}"
-        if c.cell_type == "code":
-            c.outputs = []
-            c.execution_count = None
-    nbformat.validate(nb)
-    return nb
-
-
 if __name__ == "__main__":
-    nb = build()
-    TARGET.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
-    print(f"wrote {TARGET.relative_to(HERE.parent.parent)} ({len(nb.cells)} cells)")
+    NB.write()
