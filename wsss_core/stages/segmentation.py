@@ -1,0 +1,207 @@
+"""The last stage: a DeepLab trained on a folder of pseudo-labels, evaluated on true masks.
+
+    cfg = config_for_profile("tutorial")
+    res = run(cfg, data, label_dir=".../01_class_activation_maps/pseudo_labels", out_dir=".../seg_cam")
+    res.report["miou"]            # validation mIoU against the true masks
+
+``label_dir`` holds one palette PNG per training image (``<id>.png``, 255 = ignore) — what every
+pseudo-label maker of this project writes — or is ``None`` for the fully supervised upper bound (the
+dataset's own ``SegmentationClass``). Every training goes through :func:`wsss_core.engine.train`, so
+it runs on a GPU, under AMP, and under ``torchrun`` like the other stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import engine
+from ..data.transforms import eval_transforms, train_transforms
+from ..data.voc import VOCLayoutDataset, collate_samples
+from ..evaluation import LabelMapEvaluator
+from ..models.backbones import build_backbone
+from ..models.deeplab import DeepLab, dense_crf, multiscale_predict
+
+
+@dataclass
+class SegStageConfig:
+    """Everything that defines the segmentation stage.
+
+    Attributes
+    ----------
+    backbone, backbone_kwargs : see :func:`wsss_core.models.backbones.build_backbone`.
+    head, rates, channels : :class:`wsss_core.models.deeplab.DeepLab` (``"v2"`` = the papers' DeepLab-v2).
+    lr_mult_new : learning-rate multiplier of the new head (DeepLab: 10×).
+    crop_size, scale, hflip, color_jitter : training augmentation.
+    train : the engine's :class:`~wsss_core.engine.TrainConfig`.
+    eval_scales, eval_flip, crf : inference (the papers: multi-scale + flip + dense CRF).
+    cache_images : keep decoded images in memory (toy data).
+    """
+
+    backbone: str = "compact"
+    backbone_kwargs: dict = field(default_factory=lambda: {"width": 32, "output_stride": 8})
+    head: str = "v3plus"
+    rates: tuple = (1, 2, 3)
+    channels: int = 96
+    lr_mult_new: float = 1.0
+    crop_size: int = 96
+    scale: tuple | None = (0.8, 1.2)
+    long_side: tuple | None = None
+    hflip: bool = True
+    color_jitter: tuple | None = None
+    train: engine.TrainConfig = field(default_factory=lambda: engine.TrainConfig(
+        epochs=12, batch_size=16, lr=3e-3, optimizer="adam", schedule="onecycle", weight_decay=1e-4,
+        desc="segmenter"))
+    eval_scales: tuple = (1.0,)
+    eval_flip: bool = True
+    crf: bool = False
+    cache_images: bool = True
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+    def replace(self, **kw) -> "SegStageConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def config_for_profile(profile: str) -> SegStageConfig:
+    """Presets.
+
+    * ``smoke``: 2 epochs — proves the code path.
+    * ``tutorial``: compact CNN + DeepLab-v3+ decoder at stride 4, 12 epochs on the 1 000 toy scenes
+      (ASPP dilations 1/2/3: the stride-8 map of a 96-px scene is 12×12).
+    * ``paper``: DeepLab-v2 on ResNet-101 (output stride 8, ASPP 6/12/18/24, ImageNet weights), SGD lr
+      2.5e-4 (10× for the head), momentum 0.9, wd 5e-4, poly 0.9, batch 10, crop 321, scale 0.5–1.5,
+      ≈ 20 k iterations on train_aug (≈ 19 epochs); multi-scale (0.5–1.5) + flip + dense CRF at test time.
+    """
+    if profile == "smoke":
+        return SegStageConfig(train=engine.TrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adam",
+                                                       schedule="onecycle", desc="segmenter"))
+    if profile == "tutorial":
+        return SegStageConfig()
+    if profile == "paper":
+        return SegStageConfig(
+            backbone="resnet101", backbone_kwargs={"output_stride": 8, "weights": "imagenet"}, head="v2",
+            rates=(6, 12, 18, 24), lr_mult_new=10.0, crop_size=321, scale=(0.5, 1.5), color_jitter=None,
+            train=engine.TrainConfig(epochs=19, batch_size=10, lr=2.5e-4, optimizer="sgd", momentum=0.9,
+                                     weight_decay=5e-4, schedule="poly", poly_power=0.9, num_workers=4,
+                                     desc="segmenter"),
+            eval_scales=(0.5, 0.75, 1.0, 1.25, 1.5), eval_flip=True, crf=True, cache_images=False)
+    raise ValueError(f"unknown profile {profile!r}")
+
+
+def build_model(cfg: SegStageConfig, num_classes: int) -> DeepLab:
+    """``num_classes``: foreground classes C; the network predicts C + 1 (background first)."""
+    return DeepLab(build_backbone(cfg.backbone, **cfg.backbone_kwargs), num_classes + 1, head=cfg.head,
+                   rates=cfg.rates, channels=cfg.channels)
+
+
+def label_dataset(root, split: str, cfg: SegStageConfig, label_dir=None, train: bool = True) -> VOCLayoutDataset:
+    """Images with their labels from ``label_dir`` (pseudo-labels; an absolute folder) or, if None,
+    the dataset's true masks; training or evaluation transforms."""
+    tf = train_transforms(cfg.crop_size, scale=cfg.scale, long_side=cfg.long_side, hflip=cfg.hflip,
+                          color_jitter=cfg.color_jitter) if train else eval_transforms()
+    mask_dir = str(Path(label_dir).resolve()) if label_dir is not None else "SegmentationClass"
+    return VOCLayoutDataset(root, split, mask_dir=mask_dir, instance_dir=None, saliency_dir=None,
+                            extra_dirs=None if train else "auto", transforms=tf, cache=cfg.cache_images)
+
+
+def segmentation_step(model, batch, device) -> dict:
+    """Per-pixel cross-entropy with 255 ignored (DeepLab's loss on (pseudo-)labels)."""
+    images = batch["image"].to(device, non_blocking=True)
+    target = batch["mask"].to(device, non_blocking=True).long()
+    logits = model(images)
+    return {"loss": F.cross_entropy(logits, target, ignore_index=255)}
+
+
+def train_segmenter(cfg: SegStageConfig, train_ds, checkpoint_dir=None, num_classes: int | None = None):
+    """Train with the shared engine; returns ``(model, history)`` (a finished checkpoint is reloaded)."""
+    num_classes = num_classes or train_ds.num_classes
+    engine.seed_everything(cfg.train.seed)
+    model = build_model(cfg, num_classes)
+    tcfg = cfg.train if checkpoint_dir is None else cfg.train.replace(checkpoint_dir=str(checkpoint_dir))
+    history = engine.train(model, segmentation_step, train_ds, tcfg, collate_fn=collate_samples,
+                           param_groups=lambda m: engine.unwrap(m).param_groups(cfg.lr_mult_new))
+    model.eval()
+    return model, history
+
+
+def predict(model, dataset, cfg: SegStageConfig, device=None, progress: bool = False):
+    """Yield ``(index, pred (H, W) int64)`` over a dataset with evaluation transforms, in order;
+    multi-scale + flip, and dense CRF if ``cfg.crf`` (needs the ``crf`` extra)."""
+    from ..data.transforms import denormalize
+
+    same = (Path(dataset.root) / "toyscenes.json").is_file()
+
+    def fn(m, batch, dev):
+        probs = multiscale_predict(m, batch["image"].to(dev), cfg.eval_scales, cfg.eval_flip).cpu()
+        out = []
+        for k in range(probs.shape[0]):
+            p = probs[k].numpy()
+            if cfg.crf:
+                p = dense_crf(denormalize(batch["image"][k]), p)
+            out.append(p.argmax(0).astype(np.int64))
+        return out
+
+    results = engine.predict(model, dataset, fn, batch_size=32 if same else 1, device=device,
+                             collate_fn=collate_samples, progress=progress, desc="segment")
+    i = 0
+    for batch_preds in results:
+        for p in batch_preds:
+            yield i, p
+            i += 1
+
+
+def evaluate(model, dataset, cfg: SegStageConfig, context_pairs=None, device=None, progress: bool = False) -> dict:
+    """mIoU etc. of the network's predictions against the dataset's masks (:class:`LabelMapEvaluator`)."""
+    ev = LabelMapEvaluator(dataset.num_classes, context_pairs, dataset.class_names)
+    for i, pred in predict(model, dataset, cfg, device, progress):
+        ev.update_from_sample(pred, dataset.get_raw(i))
+    return ev.summary()
+
+
+@dataclass
+class SegResult:
+    model: DeepLab
+    checkpoint_dir: Path
+    report: dict
+    train_seconds: float
+
+
+def _fingerprint(obj) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run(cfg: SegStageConfig, data, label_dir, out_dir, progress: bool = True) -> SegResult:
+    """Train (or reload) a segmenter on ``label_dir`` (None = true masks) and evaluate it on the
+    validation split; the report is cached in ``out_dir/report.json`` next to the checkpoint. The
+    checkpoint folder is fingerprinted by the config and the label folder's content, so new
+    pseudo-labels train a new network."""
+    out_dir = Path(out_dir)
+    ident = {k: v for k, v in cfg.to_dict().items() if k not in ("eval_scales", "eval_flip", "crf", "cache_images")}
+    if label_dir is not None:
+        files = sorted(Path(label_dir).glob("*.png"))
+        ident["labels"] = [len(files), sum(f.stat().st_size for f in files), str(Path(label_dir).resolve())]
+    ckpt = out_dir / f"{cfg.backbone}-{cfg.head}-e{cfg.train.epochs}-seed{cfg.train.seed}-{_fingerprint(ident)}"
+    train_ds = label_dataset(data.root, data.train_split, cfg, label_dir, train=True)
+    val_ds = label_dataset(data.root, data.val_split, cfg, None, train=False)
+    model, history = train_segmenter(cfg, train_ds, ckpt)
+    seconds = float(sum(e["seconds"] for e in history.epochs))
+    rpath = ckpt / "report.json"
+    infer = {"eval_scales": list(cfg.eval_scales), "eval_flip": cfg.eval_flip, "crf": cfg.crf}
+    if rpath.is_file():
+        stored = json.loads(rpath.read_text())
+        if stored.get("inference") == infer:
+            return SegResult(model, ckpt, stored["report"], seconds)
+    report = evaluate(model, val_ds, cfg, data.context_pairs, progress=progress)
+    rpath.write_text(json.dumps({"inference": infer, "report": report}, indent=2, default=float))
+    return SegResult(model, ckpt, report, seconds)
