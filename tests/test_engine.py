@@ -524,10 +524,6 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     assert len(r0["predict"]) == len(r1["predict"]) == DDP_N // 2
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--ddp-worker":
-    _ddp_worker(sys.argv[2])
-
-
 def test_predict_leaves_the_global_rng_alone():
     """An evaluation between epochs must not change the training run's random draws."""
     from wsss_core.engine import predict
@@ -539,3 +535,8 @@ def test_predict_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     predict(model, ds, lambda m, b, d: None, batch_size=2, progress=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--ddp-worker":
+    _ddp_worker(sys.argv[2])
+

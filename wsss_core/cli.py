@@ -55,16 +55,15 @@ def _cmd_cam(a) -> int:
         S.classification_dataset(data.root, data.train_split, cfg)
     val_ds = S.classification_dataset(data.root, data.val_split, cfg, train=False)
     model, history = S.train_classifier(cfg, train_ds, out / "classifier", val_ds=val_ds)
-    info = engine.get_dist_info()
-    if not info.is_main:
-        engine.cleanup_distributed()
-        return 0
     t1 = time.perf_counter()
-    cls = S.classification_report(model, val_ds)
     cam_split = "train"  # pseudo-label quality is measured on VOC's train (1 464) as the papers do
     ev = S.evaluation_dataset(data.root, cam_split, cfg)
-    S.make_cams(model, ev, out / "cams", cfg)
+    S.make_cams(model, ev, out / "cams", cfg)  # under torchrun every rank makes its share
     t2 = time.perf_counter()
+    if not engine.get_dist_info().is_main:
+        engine.cleanup_distributed()
+        return 0
+    cls = S.classification_report(model, val_ds)
     rep = S.evaluate_cams(out / "cams", ev, cfg, data.context_pairs)
     S.save_pseudo_labels(out / "cams", ev, out / "pseudo_labels", threshold=rep["best_threshold"])
     metrics = {"cls_map": cls["map"], "cam_miou": rep["miou"], "cam_best_threshold": rep["best_threshold"],

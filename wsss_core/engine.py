@@ -1152,6 +1152,7 @@ def predict(
     progress: bool = True,
     num_workers: int = 0,
     desc: str = "predict",
+    shard: bool = True,
 ) -> list:
     """Run ``fn(model, batch, device)`` over a data set in order, without gradients, in eval mode.
 
@@ -1171,6 +1172,9 @@ def predict(
     progress : bool, default True
         tqdm bar (main rank only).
     num_workers : int, default 0
+    shard : bool, default True
+        Under torchrun, split the data across ranks (every rank must call). ``False``: the calling
+        rank processes the whole data set (evaluation done on rank 0 only).
 
     Returns
     -------
@@ -1187,7 +1191,7 @@ def predict(
         device = select_device(device)
         model.to(device)
     info = get_dist_info()
-    sampler = _ShardSampler(len(dataset), info.rank, info.world_size) if info.enabled else None
+    sampler = _ShardSampler(len(dataset), info.rank, info.world_size) if info.enabled and shard else None
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

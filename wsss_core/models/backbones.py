@@ -25,10 +25,10 @@ class FixedBatchNorm(nn.BatchNorm2d):
                             training=False, eps=self.eps)
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1, norm=nn.BatchNorm2d) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
+        norm(cout),
         nn.ReLU(inplace=True),
     )
 
@@ -41,18 +41,22 @@ class CompactCNN(nn.Module):
     "out": (B, 4w, H/stride, W/stride)}``. With ``width=32`` it has ≈0.29 M parameters, a receptive
     field of 43 px, ≈86 MFLOPs per 96×96 image.
     With ``output_stride=4`` the last stage keeps stride 4 and uses dilation 2 (finer CAMs, ≈2× time).
+    ``freeze_bn=True`` uses :class:`FixedBatchNorm` (per-sample computation: no batch statistics, so a
+    batch split across DDP processes computes exactly what one process computes on the whole batch —
+    the distributed tests use it; CPU DDP has no SyncBatchNorm).
     """
 
-    def __init__(self, width: int = 32, output_stride: int = 8, in_channels: int = 3):
+    def __init__(self, width: int = 32, output_stride: int = 8, in_channels: int = 3, freeze_bn: bool = False):
         super().__init__()
         if output_stride not in (4, 8):
             raise ValueError(f"CompactCNN supports output_stride 4 or 8, got {output_stride}")
         w = width
         s3, d3 = (2, 1) if output_stride == 8 else (1, 2)
-        self.stage1 = nn.Sequential(_conv_bn(in_channels, w, stride=2), _conv_bn(w, w))
-        self.stage2 = nn.Sequential(_conv_bn(w, 2 * w, stride=2), _conv_bn(2 * w, 2 * w))
-        self.stage3 = nn.Sequential(_conv_bn(2 * w, 4 * w, stride=s3, dilation=1),
-                                    _conv_bn(4 * w, 4 * w, dilation=d3))
+        n = FixedBatchNorm if freeze_bn else nn.BatchNorm2d
+        self.stage1 = nn.Sequential(_conv_bn(in_channels, w, stride=2, norm=n), _conv_bn(w, w, norm=n))
+        self.stage2 = nn.Sequential(_conv_bn(w, 2 * w, stride=2, norm=n), _conv_bn(2 * w, 2 * w, norm=n))
+        self.stage3 = nn.Sequential(_conv_bn(2 * w, 4 * w, stride=s3, dilation=1, norm=n),
+                                    _conv_bn(4 * w, 4 * w, dilation=d3, norm=n))
         self.channels = OrderedDict(s2=w, s4=2 * w, out=4 * w)
         self.strides = OrderedDict(s2=2, s4=4, out=output_stride)
         self.out_channels = 4 * w

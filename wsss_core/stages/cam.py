@@ -134,7 +134,7 @@ def predict_scores(model, dataset, batch_size: int = 64, device=None, progress: 
     if not _same_size(dataset):
         batch_size = 1  # real photos differ in size; the toy scenes share one
     out = engine.predict(model, dataset, fn, batch_size=batch_size, device=device, collate_fn=collate_samples,
-                         progress=progress, desc="scores")
+                         progress=progress, desc="scores", shard=False)
     scores = torch.cat([o[0] for o in out]).numpy() if out else np.zeros((0, dataset.num_classes), np.float32)
     labels = torch.cat([o[1] for o in out]).numpy() if out else np.zeros((0, dataset.num_classes), np.float32)
     return scores, labels
@@ -203,11 +203,13 @@ def make_cams(model, dataset, out_dir, cfg: CAMStageConfig, device=None, progres
     """Multi-scale + flip CAMs of every image of ``dataset`` (eval transforms) → ``out_dir/<id>.npz``.
 
     Maps are at full image resolution, max-normalised, present classes only (IRN ``high_res``).
-    Existing files are kept unless ``overwrite``.
+    Existing files are kept unless ``overwrite``. Under torchrun every rank must call it: the images
+    are split across ranks, and all ranks wait until every file is written.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i, iid in enumerate(dataset.ids) if overwrite or not (out_dir / f"{iid}.npz").exists()]
+    info = engine.get_dist_info()
     if not todo:
         return out_dir
     sub = torch.utils.data.Subset(dataset, todo)
@@ -222,6 +224,8 @@ def make_cams(model, dataset, out_dir, cfg: CAMStageConfig, device=None, progres
     same_size = _same_size(dataset)
     engine.predict(model, sub, fn, batch_size=cfg.cam_batch_size if same_size else 1, device=device,
                    collate_fn=collate_samples, progress=progress, desc="CAMs")
+    if info.enabled:
+        torch.distributed.barrier()
     return out_dir
 
 

@@ -135,7 +135,8 @@ def train_segmenter(cfg: SegStageConfig, train_ds, checkpoint_dir=None, num_clas
 
 def predict(model, dataset, cfg: SegStageConfig, device=None, progress: bool = False):
     """Yield ``(index, pred (H, W) int64)`` over a dataset with evaluation transforms, in order;
-    multi-scale + flip, and dense CRF if ``cfg.crf`` (needs the ``crf`` extra)."""
+    multi-scale + flip, and dense CRF if ``cfg.crf`` (needs the ``crf`` extra). Runs on the calling
+    process over the whole dataset (under torchrun: evaluate on rank 0)."""
     from ..data.transforms import denormalize
 
     same = (Path(dataset.root) / "toyscenes.json").is_file()
@@ -151,7 +152,7 @@ def predict(model, dataset, cfg: SegStageConfig, device=None, progress: bool = F
         return out
 
     results = engine.predict(model, dataset, fn, batch_size=32 if same else 1, device=device,
-                             collate_fn=collate_samples, progress=progress, desc="segment")
+                             collate_fn=collate_samples, progress=progress, desc="segment", shard=False)
     i = 0
     for batch_preds in results:
         for p in batch_preds:
