@@ -82,12 +82,13 @@ def eps_loss(maps: torch.Tensor, saliency: torch.Tensor, label: torch.Tensor, lo
     if tuple(logits.shape) != (B, K):
         raise ValueError(f"logits must be (B, C + 1) = ({B}, {K}), got {tuple(logits.shape)}")
 
-    probs = F.softmax(maps.float(), dim=1)
+    probs = F.softmax(maps if maps.dtype in (torch.float32, torch.float64) else maps.float(), dim=1)
     overlap = overlap_ratio(probs[:, :C], sal)
     fg, bg = select_maps(label, overlap, tau=tau, strategy=strategy, predefined=predefined)
     s_hat, m_fg, m_bg = predicted_saliency(probs, fg, bg, lam)
     loss_sal = F.mse_loss(s_hat, sal.to(s_hat.dtype))
-    loss_cls = F.multilabel_soft_margin_loss(logits[:, :C].float(), label.float())
+    logits = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    loss_cls = F.multilabel_soft_margin_loss(logits[:, :C], label.to(logits.dtype))
     loss = loss_cls + loss_sal
     if not return_parts:
         return loss

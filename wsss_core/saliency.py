@@ -13,7 +13,9 @@ RGB maps are averaged over channels, as EPS's loader does), read by
 
 :func:`find_saliency_dirs` lists them, :func:`saliency_quality` measures one against the true
 foreground (MAE and F-measure, the salient-object-detection measures), :func:`saliency_error_masks`
-splits its errors into *missed objects* and *false alarms*.
+splits its errors into *missed objects* and *false alarms*, and :func:`saliency_by_region` says how
+salient each kind of region is (toy scenes: badges, bodies, water, rails, other background) — what the
+saliency loss will teach the classifier about it.
 
 Map selection (the heart of EPS's saliency loss)
 -----------------------------------------------
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +55,8 @@ __all__ = [
     "foreground_mask",
     "saliency_quality",
     "saliency_error_masks",
+    "region_masks",
+    "saliency_by_region",
     "resize_saliency",
     "overlap_ratio",
     "select_maps",
@@ -173,9 +177,92 @@ def saliency_error_masks(saliency, gt, threshold: float = 0.5, near: float = 3.0
     return {"missed": fg & ~pos & valid, "false_far": false & (dist > near), "false_near": false & (dist <= near)}
 
 
+def region_masks(gt, part_mask=None, context_mask=None, context_regions: Mapping[str, int] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Split an image into the regions :func:`saliency_by_region` scores (all ``(H, W)`` bool, disjoint,
+    ignore pixels (255) in none).
+
+    * with ``part_mask``: ``"part"`` (object pixels of the discriminative part, ``part_mask > 0``) and
+      ``"body"`` (the rest of the objects); without: ``"object"``;
+    * ``context_regions`` ``{name: id}`` with ``context_mask``: ``name`` = *background* pixels
+      (``gt == 0``) with ``context_mask == id`` (toy scenes: water 1, rails 2);
+    * ``"other background"``: the remaining background.
+    """
+    gt = np.asarray(gt)
+    obj = foreground_mask(gt)
+    out: dict[str, np.ndarray] = {}
+    if part_mask is not None:
+        part = np.asarray(part_mask) > 0
+        if part.shape != gt.shape:
+            raise ValueError(f"part_mask {part.shape} and gt {gt.shape} differ in shape")
+        out["part"], out["body"] = obj & part, obj & ~part
+    else:
+        out["object"] = obj
+    other = gt == 0
+    if context_regions:
+        if context_mask is None:
+            raise ValueError("context_regions needs a context_mask")
+        ctx = np.asarray(context_mask)
+        if ctx.shape != gt.shape:
+            raise ValueError(f"context_mask {ctx.shape} and gt {gt.shape} differ in shape")
+        for name, cid in context_regions.items():
+            out[name] = (gt == 0) & (ctx == int(cid))
+            other &= ~out[name]
+    out["other background"] = other
+    return out
+
+
+def saliency_by_region(root: str | os.PathLike, split: str | Sequence[str], saliency_dir: str,
+                       mask_dir: str = "SegmentationClass", context_pairs: Mapping[str, tuple] | None = None,
+                       threshold: float = 0.5, max_images: int | None = None, progress: bool = False) -> dict:
+    """How salient is each kind of region? The saliency loss pulls the predicted saliency Ŝ towards S
+    everywhere, so a region with low S is taught to be background, one with high S to be an object.
+
+    Regions (:func:`region_masks`): with the toy scenes' ``PartMask/`` the objects are split into
+    ``"part"`` (the class badges) and ``"body"``; with ``ContextMask/`` and ``context_pairs``
+    (``{"boat/water": (class id, context id), ...}``, :attr:`wsss_core.profiles.DataSpec.context_pairs`)
+    the background is split into the named context regions (``"water"``, ``"rails"``: the part of each
+    pair's name after the slash) and ``"other background"``.
+
+    Returns
+    -------
+    dict
+        ``{region: {"mean": mean S, "salient": share of pixels with S ≥ threshold, "pixels": n}}``,
+        pooled over the images (regions without pixels: NaN).
+    """
+    from tqdm.auto import tqdm
+
+    from .data.voc import VOCLayoutDataset
+
+    ds = VOCLayoutDataset(root, split, mask_dir=mask_dir, instance_dir=None, saliency_dir=saliency_dir,
+                          extra_dirs="auto", annotation_dir=None)
+    regions = {}
+    for pair, (_cls, cid) in (context_pairs or {}).items():
+        regions[pair.split("/", 1)[-1]] = int(cid)
+    n = len(ds) if max_images is None else min(len(ds), int(max_images))
+    acc: dict[str, list] = {}
+    for i in tqdm(range(n), desc=f"saliency by region ({saliency_dir})", disable=not progress):
+        raw = ds.get_raw(i)
+        sal = np.asarray(raw["saliency"], np.float64)
+        ctx = raw.get("context_mask")
+        masks = region_masks(raw["mask"], raw.get("part_mask"), ctx, regions if ctx is not None else None)
+        for name, m in masks.items():
+            a = acc.setdefault(name, [0.0, 0, 0])
+            a[0] += float(sal[m].sum())
+            a[1] += int((sal[m] >= threshold).sum())
+            a[2] += int(m.sum())
+    return {name: {"mean": a[0] / a[2] if a[2] else float("nan"), "salient": a[1] / a[2] if a[2] else float("nan"),
+                   "pixels": a[2]} for name, a in acc.items()}
+
+
 # --------------------------------------------------------------------------------------------------
 # the map-selection rule (training time, differentiable where it has to be)
 # --------------------------------------------------------------------------------------------------
+def _float(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half / integer inputs, float64 kept (the maths of EPS in full precision)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _as_b1hw(saliency: torch.Tensor) -> torch.Tensor:
     s = torch.as_tensor(saliency)
     if s.ndim == 3:
@@ -189,7 +276,7 @@ def resize_saliency(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     """Saliency ``(B, H, W)`` / ``(B, 1, H, W)`` → ``(B, 1, h, w)`` float at the maps' size, by
     **nearest-neighbour** interpolation (``F.interpolate``'s default mode, as the official
     ``get_eps_loss`` calls it)."""
-    s = _as_b1hw(saliency).float()
+    s = _float(_as_b1hw(saliency))
     if tuple(s.shape[-2:]) == tuple(size):
         return s
     return F.interpolate(s, size=tuple(size), mode="nearest")
@@ -214,8 +301,8 @@ def overlap_ratio(fg_probs: torch.Tensor, saliency: torch.Tensor, eps: float = O
     -------
     (B, C) float
     """
-    p = torch.round(fg_probs.detach().float())
-    s = torch.round(_as_b1hw(saliency).detach().float())
+    p = torch.round(_float(fg_probs.detach()))
+    s = torch.round(_float(_as_b1hw(saliency).detach())).to(p.dtype)
     if p.ndim != 4 or p.shape[0] != s.shape[0] or p.shape[-2:] != s.shape[-2:]:
         raise ValueError(f"fg_probs {tuple(p.shape)} and saliency {tuple(s.shape)} must be (B, C, h, w) and "
                          "(B, 1, h, w) of the same batch and size")
