@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -609,7 +610,8 @@ def make_grabcut_labels(dataset, out_dir, cfg: GrabCutConfig | None = None, work
             finally:
                 cv2.setNumThreads(n_threads)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as ex:
+            # "spawn": a fork of a process with threads (a Jupyter kernel, torch's thread pools) can deadlock
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
                 for res in ex.map(_one_image, jobs(), chunksize=max(1, min(16, n // (4 * workers) or 1))):
                     store(res)
     finally:

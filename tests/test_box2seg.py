@@ -1,0 +1,402 @@
+"""Box2Seg (our reconstruction): the losses by hand, the three-head network, the stage's targets and
+dataset, and a tiny end-to-end run (GrabCut → targets → train → evaluate → reuse)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss_core import engine
+from wsss_core import losses_box2seg as L
+from wsss_core.models.segnet import SegNet, build_segnet
+
+
+def _boxes_batch(seed=0, B=2, C=3, H=5, W=6):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, C + 1, H, W, generator=g)
+    box_map = torch.full((B, H, W), -1, dtype=torch.long)
+    box_map[0, 1:4, 1:5] = 0
+    box_map[0, 2:3, 2:4] = 1          # nested, smaller: wins
+    box_map[1, 0:3, 0:3] = 2
+    classes = torch.tensor([1, 3, 2])
+    return logits, box_map, classes
+
+
+# --------------------------------------------------------------------------------------------------
+# (B2) attention-weighted loss
+# --------------------------------------------------------------------------------------------------
+def test_awl_equals_plain_ce_on_filled_boxes_when_attention_is_one():
+    logits, box_map, classes = _boxes_batch()
+    A = torch.ones(2, 3, 5, 6)
+    target = torch.where(box_map >= 0, classes[box_map.clamp_min(0)], torch.full_like(box_map, 255))
+    want = F.cross_entropy(logits, target, ignore_index=255)
+    got = L.attention_weighted_loss(logits, A, box_map, classes)
+    assert torch.allclose(got, want, atol=1e-6), (got, want)
+    # linear in the attention: A = 0.5 halves it, A = 0 switches it off
+    assert torch.allclose(L.attention_weighted_loss(logits, A * 0.5, box_map, classes), want / 2, atol=1e-6)
+    assert L.attention_weighted_loss(logits, A * 0, box_map, classes).item() == 0.0
+
+
+def test_awl_by_hand_and_its_gradient():
+    # one image, 1x2 pixels, 2 classes; pixel 0 in a box of class 2, pixel 1 outside
+    logits = torch.tensor([[[[0.0, 5.0]], [[1.0, 0.0]], [[2.0, 0.0]]]], requires_grad=True)   # (1, 3, 1, 2)
+    att = torch.tensor([[[[0.9, 0.1]], [[0.25, 0.7]]]], requires_grad=True)                  # (1, 2, 1, 2)
+    box_map = torch.tensor([[[0, -1]]])
+    loss = L.attention_weighted_loss(logits, att, box_map, torch.tensor([2]))
+    p2 = math.exp(2) / (1 + math.e + math.exp(2))
+    assert loss.item() == pytest.approx(-0.25 * math.log(p2), rel=1e-6)
+    loss.backward()
+    # dL/dA_c(x) = -log p_c(x) >= 0 on the box's class at box pixels, 0 elsewhere
+    want = torch.zeros(1, 2, 1, 2)
+    want[0, 1, 0, 0] = -math.log(p2)
+    assert torch.allclose(att.grad, want, atol=1e-6)
+    assert logits.grad[0, :, 0, 1].abs().sum() == 0               # the outside pixel gets no gradient
+
+
+def test_awl_without_box_pixels_is_zero_with_a_graph():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    att = torch.rand(1, 2, 4, 4, requires_grad=True)
+    loss = L.attention_weighted_loss(logits, att, torch.full((1, 4, 4), -1), torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+
+
+def test_awl_shape_checks():
+    logits, box_map, classes = _boxes_batch()
+    with pytest.raises(ValueError, match="attention"):
+        L.attention_weighted_loss(logits, torch.ones(2, 4, 5, 6), box_map, classes)
+    with pytest.raises(ValueError, match="box_map"):
+        L.attention_weighted_loss(logits, torch.ones(2, 3, 5, 6), box_map[:, :4], classes)
+    with pytest.raises(ValueError, match="box classes"):
+        L.attention_weighted_loss(logits, torch.ones(2, 3, 5, 6), box_map, classes[:2])
+
+
+# --------------------------------------------------------------------------------------------------
+# (B3) filling rate
+# --------------------------------------------------------------------------------------------------
+def test_filling_rate_penalty_by_hand():
+    att = torch.zeros(1, 2, 2, 3)
+    att[0, 0] = torch.tensor([[0.2, 0.4, 0.9], [0.0, 0.0, 0.9]])   # class 1
+    att[0, 1] = torch.tensor([[0.5, 0.5, 0.1], [0.5, 0.5, 0.1]])   # class 2
+    box_map = torch.tensor([[[0, 0, 1], [0, 0, 1]]])
+    classes = torch.tensor([1, 2])
+    means, counts = L.box_attention_means(att, box_map, classes)
+    assert torch.allclose(means, torch.tensor([0.15, 0.1])) and counts.tolist() == [4.0, 2.0]
+    rho = torch.tensor([0.35, 0.6])
+    got = L.filling_rate_loss(att, box_map, classes, rho)
+    assert got.item() == pytest.approx(((0.15 - 0.35) ** 2 + (0.1 - 0.6) ** 2) / 2, rel=1e-6)
+    # a box without a target (NaN) is skipped; attention at the target costs nothing
+    assert L.filling_rate_loss(att, box_map, classes, torch.tensor([0.15, math.nan])).item() == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="rho"):
+        L.filling_rate_loss(att, box_map, classes, torch.tensor([0.1]))
+
+
+def test_filling_rate_stops_the_trivial_zero_attention():
+    """With L_awl alone the attention's gradient is -log p >= 0 everywhere: it only goes down. The
+    filling-rate term pushes the box mean back up to rho."""
+    logits, box_map, classes = _boxes_batch(B=2)
+    a = torch.full((2, 3, 5, 6), -3.0, requires_grad=True)            # attention ≈ 0.047
+    rho = torch.tensor([0.6, 0.5, 0.7])
+    total = L.attention_weighted_loss(logits, torch.sigmoid(a), box_map, classes) + \
+        10 * L.filling_rate_loss(torch.sigmoid(a), box_map, classes, rho)
+    total.backward()
+    g = a.grad[box_map[:, None].expand_as(a) >= 0]
+    assert (g[g != 0] < 0).all()          # gradient descent raises the attention inside boxes
+
+
+# --------------------------------------------------------------------------------------------------
+# pairs and embeddings (B4-B6)
+# --------------------------------------------------------------------------------------------------
+def test_pair_offsets_match_psa():
+    offs = pair_offs = L.pair_offsets(5)
+    assert len(offs) == 34 and len(set(offs)) == 34
+    assert all(0 < dy * dy + dx * dx < 25 and (dy > 0 or dx > 0) for dy, dx in offs)
+    assert L.pair_offsets(1.5) == [(0, 1), (1, -1), (1, 0), (1, 1)]
+    assert not {(-dy, -dx) for dy, dx in pair_offs} & set(pair_offs)
+    with pytest.raises(ValueError):
+        L.pair_offsets(1.0)
+
+
+def test_shift():
+    x = torch.arange(12.0).reshape(3, 4)
+    s = L.shift(x, 1, -1, fill=-1)
+    assert s.tolist() == [[-1, 4, 5, 6], [-1, 8, 9, 10], [-1, -1, -1, -1]]
+
+
+def test_pair_affinity_is_half_one_plus_cosine():
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]).T.reshape(1, 2, 1, 3)   # e0=(1,0) e1=(0,1) e2=(-1,0)
+    aff, valid = L.pair_affinity(e, [(0, 1), (0, 2)])
+    assert torch.allclose(aff[0, 0, 0, :2], torch.tensor([0.5, 0.5]))       # orthogonal neighbours
+    assert aff[0, 1, 0, 0].item() == pytest.approx(0.0)                       # opposite
+    assert valid.tolist() == [[[True, True, False]], [[True, False, False]]]
+
+
+def test_embedding_label_loss_by_hand():
+    # 1x3 grid, labels bg bg fg; e0 = e1 = (1, 0), e2 = (0, 1); radius 1.5 → only the horizontal pairs exist
+    e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 3)
+    labels = torch.tensor([[[0, 0, 1]]])
+    got = L.embedding_label_loss(e, labels, radius=1.5)
+    # bg+ pair (0,1): a = 1 → -log(1 - 1e-5); no fg+ pair; neg pair (1,2): a = 0.5 → -log 0.5
+    want = 0.25 * -math.log(1 - 1e-5) + 0.5 * math.log(2)
+    assert got.item() == pytest.approx(want, rel=1e-4)
+    # pairs touching 255 are skipped
+    assert L.embedding_label_loss(e, torch.tensor([[[0, 0, 255]]]), radius=1.5).item() == pytest.approx(
+        0.25 * -math.log(1 - 1e-5), abs=1e-6)
+
+
+def test_embedding_agreement_by_hand_and_gradients():
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2).requires_grad_(True)  # a_01 = 0.5
+    seg = torch.tensor([[[[10.0, -10.0]], [[-10.0, 10.0]]]], requires_grad=True)            # p(0) ≈ bg, p(1) ≈ cls 1
+    P = L.same_label_probability(torch.softmax(seg, 1), [(0, 1)])
+    assert P[0, 0, 0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    got = L.embedding_agreement_loss(e, seg, radius=1.5)
+    assert got.item() == pytest.approx(math.log(2), rel=1e-4)       # -[0·log .5 + 1·log .5]
+    got.backward()
+    assert e.grad.abs().sum() > 0 and seg.grad is not None
+    seg2 = seg.detach().clone().requires_grad_(True)
+    L.embedding_agreement_loss(e, seg2, radius=1.5, detach_segmentation=True).backward()
+    assert seg2.grad is None or seg2.grad.abs().sum() == 0
+    # agreement is cheap where the affinities already match the segmentation
+    e_same = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).T.reshape(1, 2, 1, 2)
+    seg_same = torch.tensor([[[[10.0, 10.0]], [[-10.0, -10.0]]]])
+    assert L.embedding_agreement_loss(e_same, seg_same, radius=1.5).item() < 1e-3
+
+
+def test_cross_entropy_ignores_255_and_weights():
+    logits = torch.randn(2, 3, 4, 4)
+    t = torch.randint(0, 3, (2, 4, 4))
+    t[0, 0] = 255
+    assert torch.allclose(L.cross_entropy(logits, t), F.cross_entropy(logits, t, ignore_index=255))
+    w = torch.ones(2, 4, 4)
+    assert torch.allclose(L.cross_entropy(logits, t, w), F.cross_entropy(logits, t, ignore_index=255))
+    assert L.cross_entropy(logits, torch.full_like(t, 255)).item() == 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# the network
+# --------------------------------------------------------------------------------------------------
+def test_segnet_heads_and_shapes():
+    torch.manual_seed(0)
+    net = build_segnet("compact", {"width": 8, "output_stride": 8}, 5, channels=16, decoder_stride=4,
+                       attention=True, embedding=True, embed_dim=6)
+    x = torch.randn(2, 3, 40, 48)
+    out = net(x)
+    assert out["seg"].shape == (2, 6, 10, 12) and out["att"].shape == (2, 5, 10, 12) and out["emb"].shape == (2, 6, 10, 12)
+    assert torch.allclose(out["emb"].norm(dim=1), torch.ones(2, 10, 12), atol=1e-5)
+    assert net.segment(x).shape == (2, 6, 40, 48)
+    groups = net.param_groups(10.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    plain = build_segnet("compact", {"width": 8, "output_stride": 8}, 5, channels=16)
+    assert set(plain(x)) == {"seg"}
+    # stride 2 decoder uses the finest level too
+    fine = build_segnet("compact", {"width": 8, "output_stride": 8}, 5, channels=16, decoder_stride=2)
+    assert fine(x)["seg"].shape[-2:] == (20, 24)
+    with pytest.raises(ValueError, match="decoder_stride"):
+        build_segnet("compact", {"width": 8}, 5, decoder_stride=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# stage: targets, dataset, a tiny run
+# --------------------------------------------------------------------------------------------------
+def test_remove_objects_erases_object_and_its_outline():
+    from wsss_core.stages import box2seg as S
+
+    inst = np.zeros((6, 9), np.uint8)
+    inst[1:4, 1:4] = 1
+    inst[1:4, 5:8] = 2
+    mask = np.where(inst == 1, 3, np.where(inst == 2, 4, 0)).astype(np.uint8)
+    mask[0, 1:4] = 255          # outline of object 1 only
+    mask[1:4, 4] = 255          # between the two objects
+    out = S.remove_objects(mask, inst, [1])
+    assert (out[inst == 1] == 0).all() and (out[inst == 2] == 4).all()
+    assert (out[0, 1:4] == 0).all()          # outline touching only the removed object is gone
+    assert (out[1:4, 4] == 255).all()        # outline shared with a kept object stays
+    assert S.missing_objects(["a", "b"], [3, 1], 0.5, 0) == S.missing_objects(["a", "b"], [3, 1], 0.5, 0)
+    assert sum(len(v) for v in S.missing_objects(["a", "b"], [3, 1], 0.5, 0).values()) == 2
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from wsss_core.data.toyscenes import ToySceneConfig, context_pairs, ensure_toyscenes
+
+    root = tmp_path_factory.mktemp("toy")
+    man = ensure_toyscenes(root, ToySceneConfig(n_train=16, n_val=8), workers=1, progress=False)
+    return root, context_pairs(man)
+
+
+def _tiny_cfg():
+    from wsss_core.stages import box2seg as S
+
+    seg = S.SegConfig(backbone_kwargs={"width": 8, "output_stride": 8}, backbone_init=None, channels=16, embed_dim=4,
+                      train=engine.TrainConfig(epochs=2, batch_size=8, lr=3e-3, optimizer="adam", schedule="onecycle",
+                                               progress=False))
+    return S.Box2SegStageConfig(seg=seg, grabcut_workers=0,
+                                box2seg=S.LossConfig(awl_weight=1.0, fill_weight=1.0, emb_weight=0.1, emb_pretrain_epochs=1))
+
+
+def test_targets_dataset_and_collate(toy, tmp_path):
+    from wsss_core.boxes import box_index_map
+    from wsss_core.stages import box2seg as S
+
+    root, _ = toy
+    cfg = _tiny_cfg()
+    base = S.raw_dataset(root, "train", instances=True)
+    gdir, man = S.ensure_grabcut(base, tmp_path, cfg.grabcut, workers=0, progress=False)
+    assert man["ids"] == base.ids
+    raw = base.get_raw(0)
+    box = S.build_targets("box", base, gdir)
+    gc = S.build_targets("grabcut", base, gdir)
+    full = S.build_targets("mask", base, gdir)
+    t = box.items[raw["id"]]
+    np.testing.assert_array_equal(t["box_map"], box_index_map(raw["boxes"], raw["mask"].shape))
+    assert ((t["target"] > 0) == (t["box_map"] >= 0)).all()       # a filled box covers exactly the box pixels
+    np.testing.assert_array_equal(full.items[raw["id"]]["target"], raw["mask"])
+    np.testing.assert_array_equal(gc.items[raw["id"]]["rho"], box.items[raw["id"]]["rho"])  # ρ always from GrabCut
+    n_obj = [len(base.get_raw(i)["boxes"]) for i in range(len(base))]
+    miss = S.missing_objects(base.ids, n_obj, 0.5, 0)
+    mm = S.build_targets("mask_missing", base, gdir, miss)
+    removed = sum(len(v) for v in miss.values())
+    assert removed == round(0.5 * sum(n_obj))
+    changed = [i for i in base.ids if not np.array_equal(mm.items[i]["target"], full.items[i]["target"])]
+    assert set(changed) == set(miss)
+    with pytest.raises(ValueError, match="unknown target"):
+        S.build_targets("boxes", base, gdir)
+
+    # BCM's per-class filling rate: the mean ρ of the class over the split, carried into every item
+    cm = gc.class_mean_rho()
+    ds_cm = S.training_dataset(base, gc, cfg.seg, rho="class_mean")
+    it = ds_cm[0]
+    np.testing.assert_allclose(it["rho"].numpy(), [cm[int(c)] for c in it["box_classes"]], rtol=1e-6)
+    with pytest.raises(ValueError, match="rho"):
+        S.training_dataset(base, gc, cfg.seg, rho="per_box")
+
+    ds = S.training_dataset(base, gc, cfg.seg)
+    items = [ds[i] for i in range(3)]
+    b = S.collate_boxes(items)
+    assert b["image"].shape == (3, 3, 96, 96) and b["target"].shape == (3, 96, 96)
+    k0 = len(items[0]["box_classes"])
+    assert b["box_map"].max() < len(b["box_classes"]) and len(b["rho"]) == len(b["box_classes"])
+    inside1 = items[1]["box_map"] >= 0
+    assert torch.equal(b["box_map"][1][inside1], items[1]["box_map"][inside1] + k0)
+    assert (b["box_map"][b["target"] == 255] == -1).all()   # padding (GrabCut labels have no 255): no box
+
+
+def test_class_mean_rho_by_hand():
+    from wsss_core.stages import box2seg as S
+
+    z = np.zeros((2, 2), np.uint8)
+    items = {"a": {"target": z, "box_map": z.astype(np.int16), "box_classes": np.array([1, 2]), "rho": np.array([0.2, 0.5], np.float32)},
+             "b": {"target": z, "box_map": z.astype(np.int16), "box_classes": np.array([1, 2]), "rho": np.array([0.6, np.nan], np.float32)}}
+    cm = S.TargetStore("grabcut", items).class_mean_rho()
+    assert cm.keys() == {1, 2}
+    assert cm[1] == pytest.approx(0.4) and cm[2] == pytest.approx(0.5)      # NaN (a box without pixels) is skipped
+    with pytest.raises(ValueError, match="rho"):
+        S.LossConfig(rho="mean")
+    t = S.config_for_profile("tutorial")
+    assert S.setting("box2seg_class_rho", t)[1].rho == "class_mean" and S.setting("box2seg", t)[1].rho == "box"
+
+
+def test_tiny_end_to_end_run_and_reuse(toy, tmp_path):
+    from wsss_core.profiles import DataSpec
+    from wsss_core.stages import box2seg as S
+
+    root, pairs = toy
+    cfg = _tiny_cfg()
+    sd = S.prepare(cfg, DataSpec("toy", root, context_pairs=pairs), tmp_path, progress=False)
+    assert len(sd.base) == 16 and len(sd.val) == 8 and sd.gc_manifest["ids"] == sd.base.ids
+    res = S.run_setting("box2seg", cfg, sd, tmp_path, progress=False)
+    h = res.history
+    assert len(h.epochs) == 2 and not res.reused
+    assert "emb_pre" in h.epochs[0] and "emb_agr" in h.epochs[1]          # pre-training, then agreement
+    assert {"awl", "fill", "ce", "att_mean"} <= set(h.epochs[1])
+    assert 0.0 <= res.val["miou"] <= 1.0 and (res.checkpoint_dir / "val.json").is_file()
+    again = S.run_setting("box2seg", cfg, sd, tmp_path, progress=False)
+    assert again.reused and again.val == res.val
+    for p1, p2 in zip(res.model.parameters(), again.model.parameters()):
+        assert torch.equal(p1, p2)
+    # another setting trains in another folder
+    other = S.checkpoint_dir_for("grabcut_ce", "grabcut", S.LossConfig(), cfg.seg, tmp_path, sd.identity)
+    assert other != res.checkpoint_dir
+    maps = S.predict_maps(res.model, sd.val[0]["image"][None], heads=("seg", "att", "emb"))
+    assert maps["prob"].shape == (1, 7, 96, 96) and maps["att"].shape == (1, 6, 96, 96)
+    assert torch.allclose(maps["prob"].sum(1), torch.ones(1, 96, 96), atol=1e-5)
+    # the first images only (smoke runs)
+    small = S.prepare(cfg, DataSpec("toy", root, context_pairs=pairs), tmp_path, max_train=5, max_val=3, progress=False)
+    assert len(small.base) == 5 and len(small.val) == 3 and small.identity != sd.identity
+    # the stage in one call (notebook 06's contract): reuses the trained network, writes the label folders
+    from wsss_core.data.palette import read_label_png
+
+    stage_res = S.run(cfg, DataSpec("toy", root, context_pairs=pairs), tmp_path, seed=0, device="cpu", progress=False)
+    assert stage_res.results["box2seg"].reused and stage_res.report["box2seg_checkpoint"] == res.checkpoint_dir.name
+    for d in (stage_res.grabcut_label_dir, stage_res.box2seg_label_dir):
+        assert sorted(p.stem for p in d.glob("*.png")) == sorted(sd.base.ids)
+    raw = sd.base.get_raw(0)
+    lab = read_label_png(stage_res.box2seg_label_dir / f"{raw['id']}.png")
+    assert lab.shape == raw["mask"].shape and lab.dtype == np.uint8
+    from wsss_core.boxes import box_index_map
+    assert (lab[box_index_map(raw["boxes"], lab.shape) < 0] == 0).all()     # outside every box: background
+    assert 0.0 <= stage_res.report["box2seg_train_miou"] <= 1.0 and 0.0 <= stage_res.report["grabcut_train_miou"] <= 1.0
+    stamp = (stage_res.box2seg_label_dir / "source.json").stat().st_mtime_ns
+    again2 = S.run(cfg, DataSpec("toy", root, context_pairs=pairs), tmp_path, progress=False)      # idempotent
+    assert (again2.box2seg_label_dir / "source.json").stat().st_mtime_ns == stamp and again2.report == stage_res.report
+
+
+def test_box_constrained_labels_by_hand():
+    from wsss_core.stages import box2seg as S
+
+    prob = np.zeros((4, 4, 5), np.float32)          # background + 3 classes, 4×5 image
+    prob[2] = 0.6                                   # class 2 is the most probable everywhere
+    prob[1] = 0.3
+    prob[0] = 0.1
+    boxes = np.array([[0, 0, 2, 2], [1, 1, 4, 3]])  # XYXY exclusive
+    lab = S.box_constrained_labels(prob, boxes, [1, 2])
+    want = np.zeros((4, 5), np.uint8)
+    want[0:2, 0:2] = 1                              # only class 1 (or background) allowed in box 0
+    want[1:3, 1:4] = 2                              # box 1 allows class 2, which wins where both boxes overlap
+    np.testing.assert_array_equal(lab, want)
+    with pytest.raises(ValueError, match="class"):
+        S.box_constrained_labels(prob, boxes, [1, 4])
+
+
+def test_backbone_from_the_cam_classifier(toy, tmp_path):
+    from wsss_core.profiles import DataSpec
+    from wsss_core.stages import box2seg as S
+    from wsss_core.stages.cam import CAMStageConfig
+
+    root, pairs = toy
+    data = DataSpec("toy", root, context_pairs=pairs)
+    cam_cfg = CAMStageConfig(backbone_kwargs={"width": 8, "output_stride": 8}, cam_scales=(1.0,),
+                             train=engine.TrainConfig(epochs=1, batch_size=8, lr=3e-3, progress=False))
+    state, name = S.classifier_backbone(data, tmp_path / "01", cam_cfg)
+    state2, name2 = S.classifier_backbone(data, tmp_path / "01", cam_cfg)       # reloaded, not retrained
+    assert name == name2 and all(torch.equal(state[k], state2[k]) for k in state)
+    cfg = _tiny_cfg()
+    seg = cfg.seg.replace(backbone_init="cam_classifier")
+    with pytest.raises(ValueError, match="backbone"):
+        S.prepare(cfg, data, tmp_path, seg=seg, progress=False)
+    sd = S.prepare(cfg, data, tmp_path, seg=seg, backbone=(state, name), progress=False)
+    assert sd.identity["backbone_init"] == name
+    model = S.build_model(seg, 6)
+    model.backbone.load_state_dict(sd.backbone_state)                           # the shapes fit the SegNet's backbone
+    ck_a = S.checkpoint_dir_for("grabcut_ce", "grabcut", S.LossConfig(), seg, tmp_path, sd.identity)
+    ck_b = S.checkpoint_dir_for("grabcut_ce", "grabcut", S.LossConfig(), seg, tmp_path, {**sd.identity, "backbone_init": None})
+    assert ck_a != ck_b
+
+
+def test_config_for_profile():
+    from wsss_core.stages import box2seg as S
+
+    for p in ("smoke", "tutorial", "paper"):
+        cfg = S.config_for_profile(p)
+        for name in cfg.settings:
+            S.setting(name, cfg)
+    t = S.config_for_profile("tutorial")
+    assert S.setting("box2seg_no_fill", t)[1].fill_weight == 0 and S.setting("box2seg_no_emb", t)[1].emb_weight == 0
+    assert S.setting("full_awl", t)[0] == "mask_missing" and S.setting("grabcut_ce", t)[1].awl_weight == 0
+    with pytest.raises(ValueError):
+        S.config_for_profile("huge")
+    with pytest.raises(ValueError):
+        S.setting("nope", t)
