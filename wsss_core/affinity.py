@@ -52,6 +52,7 @@ lies outside the grid.
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from typing import Iterable, Sequence
 
@@ -405,13 +406,47 @@ def pair_labels(labels: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.
 # affinities and their loss
 # ------------------------------------------------------------------------------------------------
 
+class _LocalL1Affinity(torch.autograd.Function):
+    """``exp(−mean_d |f_i − f_j|)`` for the forward offsets, with a hand-written backward that keeps only
+    ``f`` and the output (autograd would keep two ``B × D × h × w`` buffers per offset: 68 of them for
+    radius 5, most of the training step's time and memory on a CPU)."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, radius: int) -> torch.Tensor:
+        B, _, h, w = f.shape
+        offs = pair_offsets(radius)
+        out = f.new_zeros(B, len(offs), h, w)
+        for k, (dy, dx) in enumerate(offs):
+            sy, ty = _span(dy, h)
+            sx, tx = _span(dx, w)
+            out[:, k, sy, sx] = torch.exp(-(f[:, :, sy, sx] - f[:, :, ty, tx]).abs_().mean(1))
+        ctx.save_for_backward(f, out)
+        ctx.radius = radius
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        f, out = ctx.saved_tensors
+        _, D, h, w = f.shape
+        # a = exp(−m), m = mean_d |f_i − f_j|:  ∂L/∂f_i = −g·a·sign(f_i − f_j)/D = −∂L/∂f_j
+        coef = -(grad * out) / D
+        gf = torch.zeros_like(f)
+        for k, (dy, dx) in enumerate(pair_offsets(ctx.radius)):
+            sy, ty = _span(dy, h)
+            sx, tx = _span(dx, w)
+            t = torch.sign(f[:, :, sy, sx] - f[:, :, ty, tx]).mul_(coef[:, k, sy, sx].unsqueeze(1))
+            gf[:, :, sy, sx] += t
+            gf[:, :, ty, tx] -= t
+        return gf, None
+
+
 def local_affinities(features: torch.Tensor, radius: int) -> torch.Tensor:
     """``a_ij = exp(−mean_d |f_i^d − f_j^d|)`` for every forward pair within ``radius`` (paper Eq. 3,
     with the official code's channel mean instead of the sum).
 
     Parameters
     ----------
-    features : (B, D, h, w) or (D, h, w) float tensor (differentiable).
+    features : (B, D, h, w) or (D, h, w) float tensor (differentiable; computed in float32).
     radius : int
 
     Returns
@@ -422,14 +457,9 @@ def local_affinities(features: torch.Tensor, radius: int) -> torch.Tensor:
     f = features[None] if squeeze else features
     if f.dim() != 4:
         raise ValueError(f"features must be (D, h, w) or (B, D, h, w), got shape {tuple(features.shape)}")
-    f = f.float()
-    B, _, h, w = f.shape
-    offs = pair_offsets(radius)
-    out = f.new_zeros(B, len(offs), h, w)
-    for k, (dy, dx) in enumerate(offs):
-        sy, ty = _span(dy, h)
-        sx, tx = _span(dx, w)
-        out[:, k, sy, sx] = torch.exp(-(f[:, :, sy, sx] - f[:, :, ty, tx]).abs().mean(1))
+    pair_offsets(radius)  # validates the radius
+    f = f if f.dtype == torch.float64 else f.float()
+    out = _LocalL1Affinity.apply(f.contiguous(), int(radius))
     return out[0] if squeeze else out
 
 
@@ -555,7 +585,9 @@ def transition_matrix(aff, radius: int, beta: float = 8.0, kind: str = "sparse",
         raise ValueError(f"backend must be 'auto', 'scipy' or 'torch', got {backend!r}")
     idx = torch.from_numpy(np.stack([r, c]))
     T = torch.sparse_coo_tensor(idx, torch.from_numpy(v), (N, N), check_invariants=False).coalesce()
-    return T.to_sparse_csr().to(aff.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return T.to_sparse_csr().to(aff.device)
 
 
 def propagate(T, x, t: int = 256) -> torch.Tensor:
@@ -675,14 +707,20 @@ def random_walk_labels(cams, label, aff, radius: int, stride: int, *, alpha: flo
     if tuple(aff.shape[1:]) != tuple(x.shape[1:]):
         raise ValueError(f"affinity grid {tuple(aff.shape[1:])} does not match the CAM grid {tuple(x.shape[1:])} "
                          f"(image {H}×{W} padded to a multiple of stride {stride})")
-    rw = random_walk(x, aff.cpu() if backend == "scipy" else aff, radius, beta, t, method=method, backend=backend)
+    present = np.concatenate([[True], np.asarray(label.detach().cpu() if isinstance(label, torch.Tensor) else label)
+                              .astype(bool).reshape(-1)])
+    keep = torch.from_numpy(np.flatnonzero(present))
+    # absent classes are all-zero and stay zero under T (PSA propagates all 21 channels): skip them
+    rw = random_walk(x[keep], aff.cpu() if backend == "scipy" else aff, radius, beta, t, method=method, backend=backend)
     rw = rw.float().cpu()
     up = F.interpolate(rw[None], scale_factor=stride, mode="bilinear", align_corners=False)[0, :, :H, :W] \
         if stride > 1 else rw[:, :H, :W]
-    present = np.concatenate([[True], np.asarray(label).astype(bool).reshape(-1)])
-    masked = torch.where(torch.from_numpy(present)[:, None, None], up, torch.full_like(up, -1.0))
-    lab = masked.argmax(0).numpy().astype(np.int64)
-    return (lab, up) if return_scores else lab
+    lab = keep[up.argmax(0)].numpy().astype(np.int64)  # ties → the lowest index, background first
+    if return_scores:
+        full = torch.zeros((len(present),) + tuple(up.shape[1:]), dtype=up.dtype)
+        full[keep] = up
+        return lab, full
+    return lab
 
 
 # ------------------------------------------------------------------------------------------------

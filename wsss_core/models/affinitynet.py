@@ -48,6 +48,15 @@ class AffinityNet(nn.Module):
         Channels of the fused features (PSA: 448 = the concatenation's width; the default).
     feature_stride : int
         Stride of the output grid (PSA 8; IRN 4). Levels are pooled / upsampled to it.
+    levels : sequence of str, optional
+        Names of the backbone levels to use, one per entry of ``level_channels`` (default: the last
+        ``len(level_channels)`` levels, as PSA). ``("s2", "s4")`` keeps only the shallow levels of a
+        :class:`~wsss_core.models.backbones.CompactCNN` (receptive field 19 px), which cannot see the
+        class badge and so cannot copy the CAM's blob (see ``stages/affinity.py``).
+    frozen_backbone : bool
+        Keep the backbone fixed (IRN detaches its whole backbone and keeps it in eval mode; PSA
+        fine-tunes all but its first blocks): no gradients, BatchNorm statistics frozen, only the
+        1×1 layers learn — several times cheaper to train on a CPU.
 
     Shapes
     ------
@@ -56,15 +65,25 @@ class AffinityNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, level_channels: Sequence[int] = (64, 128, 256),
-                 embed_dim: int | None = None, feature_stride: int = 8):
+                 embed_dim: int | None = None, feature_stride: int = 8, frozen_backbone: bool = False,
+                 levels: Sequence[str] | None = None):
         super().__init__()
         names = list(backbone.channels)
         if not 1 <= len(level_channels) <= len(names):
             raise ValueError(f"level_channels has {len(level_channels)} entries but the backbone has levels {names}")
+        if levels is not None:
+            levels = list(levels)
+            unknown = [n for n in levels if n not in names]
+            if unknown or len(levels) != len(level_channels):
+                raise ValueError(f"levels {levels} must be {len(level_channels)} names among the backbone's {names}")
         self.backbone = backbone
-        self.levels = names[-len(level_channels):]
+        self.levels = levels if levels is not None else names[-len(level_channels):]
         self.level_strides = [int(backbone.strides[n]) for n in self.levels]
         self.feature_stride = int(feature_stride)
+        self.frozen_backbone = bool(frozen_backbone)
+        if self.frozen_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
         if self.feature_stride < min(self.level_strides):
             raise ValueError(f"feature_stride {feature_stride} is finer than every used level {self.level_strides}")
         self.reductions = nn.ModuleList(
@@ -84,8 +103,18 @@ class AffinityNet(nn.Module):
             f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
         return f
 
+    def train(self, mode: bool = True) -> "AffinityNet":
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()  # BatchNorm keeps its statistics (IRN's FixedBatchNorm / eval mode)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(x)
+        if self.frozen_backbone:
+            with torch.no_grad():
+                feats = self.backbone(x)
+        else:
+            feats = self.backbone(x)
         H, W = x.shape[-2:]
         size = (-(-H // self.feature_stride), -(-W // self.feature_stride))
         outs = [F.elu(red(self._resample(feats[n], s, size)))
@@ -115,7 +144,10 @@ class AffinityNet(nn.Module):
             source = getattr(source, "backbone", source).state_dict()
         state = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in source.items()
                  if not k.startswith("classifier.")}
-        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ValueError(f"backbone weights do not fit this AffinityNet's backbone: {str(e)[:500]}") from e
         if missing or unexpected:
             raise ValueError(f"backbone weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return self
