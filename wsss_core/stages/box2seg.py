@@ -698,7 +698,9 @@ def evaluate_segmenter(model: SegNet, dataset: VOCLayoutDataset, context_pairs=N
                 kept[i] = p
         return None
 
-    engine.predict(model, dataset, fn, batch_size=bs, collate_fn=collate_samples, progress=progress, desc="evaluate")
+    # fn pairs the k-th prediction with dataset.get_raw(k): every rank scores the whole split, in order
+    engine.predict(model, dataset, fn, batch_size=bs, collate_fn=collate_samples, progress=progress, desc="evaluate",
+                   shard=False)
     return ev.summary(), kept
 
 
@@ -830,7 +832,8 @@ def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg:
         val, _ = evaluate_segmenter(model, sd.val, sd.context_pairs, seg.eval_batch_size, seg.eval_long_side,
                                     progress=progress)
         val = _jsonable(val)  # NaN → None, as it is stored (a reloaded result equals a fresh one)
-        vpath.write_text(json.dumps({"ident": ident, "summary": val}, indent=1))
+        if engine.get_dist_info().is_main:
+            vpath.write_text(json.dumps({"ident": ident, "summary": val}, indent=1))
     return SettingResult(name, target, loss, model, history, ckpt, val, seconds, reused)
 
 

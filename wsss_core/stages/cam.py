@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -191,7 +192,8 @@ def _check_stage_identity(cfg: CAMStageConfig, checkpoint_dir) -> None:
                 f"{d}: the checkpoint was trained with a different CAM-stage config ({lines}). Delete the folder, "
                 "choose another checkpoint_dir, or set train.resume=False to start afresh.")
     d.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(ident, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun (the group starts in train())
+        f.write_text(json.dumps(ident, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------

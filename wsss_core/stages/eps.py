@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,7 +249,7 @@ def predict_scores(model, dataset, batch_size: int = 64, device=None) -> tuple[n
 
     bs = batch_size if cam_stage._same_size(dataset) else 1
     out = engine.predict(model, dataset, fn, batch_size=bs, device=device, collate_fn=collate_samples,
-                         progress=False, desc="scores")
+                         progress=False, desc="scores", shard=False)
     if not out:
         C = dataset.num_classes
         return np.zeros((0, C), np.float32), np.zeros((0, C), np.float32)
@@ -299,7 +300,8 @@ def train_eps(cfg: EPSStageConfig, train_ds, checkpoint_dir=None, val_ds=None, n
     tcfg = cfg.train if checkpoint_dir is None else cfg.train.replace(checkpoint_dir=str(checkpoint_dir))
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        (Path(checkpoint_dir) / "stage_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
+        if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun (the group starts in train())
+            (Path(checkpoint_dir) / "stage_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
     eval_fn = None
     if val_ds is not None:
         def eval_fn(m, epoch):
@@ -351,6 +353,8 @@ def make_eps_cams(model, dataset, out_dir, cfg: EPSStageConfig, device=None, pro
     bs = cfg.cam_batch_size if cam_stage._same_size(dataset) else 1
     engine.predict(model, sub, fn, batch_size=bs, device=device, collate_fn=collate_samples, progress=progress,
                    desc="EPS maps")
+    if engine.get_dist_info().enabled:  # as cam.make_cams: every rank's share is on disk before anyone reads
+        torch.distributed.barrier()
     return out_dir
 
 
