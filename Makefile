@@ -10,7 +10,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.wsss-installed
 RUNS       ?= runs
 
-.PHONY: setup test tutorial smoke lab bench data clean
+.PHONY: setup test tutorial smoke baselines lab bench data clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,18 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
-	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke
+	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke --baseline benchmarks/baselines/smoke.json
 
 smoke: $(STAMP)
 	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke
 
 tutorial: $(STAMP)
 	$(PY) -m wsss_core.notebooks --profile tutorial --out $(RUNS)/tutorial
+
+# re-record the regression baselines (after a deliberate change of the figures; commit the JSON)
+baselines: $(STAMP)
+	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke --tolerance 0.05 --write-baseline benchmarks/baselines/smoke.json
+	$(PY) -m wsss_core.notebooks --profile tutorial --out $(RUNS)/tutorial --tolerance 0.03 --write-baseline benchmarks/baselines/tutorial.json
 
 data: $(STAMP)
 	$(PY) -m wsss_core.data.toyscenes --out data/toy/tutorial --profile tutorial

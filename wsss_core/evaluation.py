@@ -124,3 +124,24 @@ def evaluate_label_maps(preds: Iterable[np.ndarray], dataset, context_pairs=None
     for i, pred in enumerate(tqdm(preds, total=len(dataset), desc=desc, disable=not progress)):
         ev.update_from_sample(pred, dataset.get_raw(i))
     return ev.summary()
+
+
+def evaluate_label_dir(label_dir, dataset, context_pairs=None, progress: bool = False) -> dict:
+    """Evaluate a folder of label PNGs (``<id>.png``, class indices, 255 = ignore) against ``dataset``'s
+    true masks — the way every pseudo-label maker of this project is scored.
+
+    Raises
+    ------
+    FileNotFoundError : an image of ``dataset`` has no ``<id>.png`` in ``label_dir`` (names the first).
+    """
+    from pathlib import Path
+
+    from .data.palette import read_label_png
+
+    label_dir = Path(label_dir)
+    missing = [iid for iid in dataset.ids if not (label_dir / f"{iid}.png").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{label_dir}: no label map for {len(missing)} of {len(dataset)} images "
+                                f"(first: {missing[0]}.png)")
+    preds = (read_label_png(label_dir / f"{iid}.png").astype(np.int64) for iid in dataset.ids)
+    return evaluate_label_maps(preds, dataset, context_pairs, progress=progress, desc=f"score {label_dir.name}")

@@ -3,6 +3,7 @@
     python -m wsss_core.notebooks --profile smoke --out runs/smoke
     python -m wsss_core.notebooks --profile tutorial --out runs/tutorial --only 01
     python -m wsss_core.notebooks --profile smoke --out runs/smoke --baseline benchmarks/baselines/smoke.json
+    python -m wsss_core.notebooks --profile tutorial --out runs/tutorial --write-baseline benchmarks/baselines/tutorial.json
 
 Each notebook ``notebooks/NN_name.ipynb`` is executed with the parameters ``PROFILE``, ``OUT_DIR``,
 ``SEED`` and ``DEVICE`` injected; it writes ``OUT_DIR/NN_name/metrics.json``. The executed copy
@@ -121,6 +122,45 @@ def compare_to_baseline(records: list[dict], baseline: dict, default_tol: float)
     return problems
 
 
+HIGHER_IS_BETTER = ("miou", "map", "recall", "precision", "iou", "max_f", "boundary_f", "ratio_", "_ratio", "accuracy")
+LOWER_IS_BETTER = ("leak", "confusion_ratio", "mae", "error")
+
+
+def quality_direction(key: str) -> str | None:
+    """``"lower"``, ``"higher"`` or None (not a quality figure: timings, counts, thresholds, settings).
+    Decided by the key's name, lower-is-better patterns first (``cam_confusion_ratio`` is lower)."""
+    k = key.lower()
+    if any(t in k for t in ("seconds", "per_second", "time", "threshold")) or k.startswith("n_") or "_n_" in k:
+        return None
+    if any(t in k for t in LOWER_IS_BETTER):
+        return "lower"
+    if any(t in k for t in HIGHER_IS_BETTER):
+        return "higher"
+    return None
+
+
+def make_baseline(records: list[dict], profile: str, tolerance: float, command: str | None = None) -> dict:
+    """A baseline from a run's records: every numeric top-level metric whose name says it is a quality
+    figure (:func:`quality_direction`), one absolute ``tolerance`` for all (edit the file to tune keys)."""
+    import datetime
+    import platform
+
+    metrics, lower = {}, set()
+    for r in records:
+        for key, val in (r.get("metrics") or {}).items():
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or math.isnan(float(val)):
+                continue
+            d = quality_direction(key)
+            if d is None:
+                continue
+            metrics.setdefault(r["notebook"], {})[key] = round(float(val), 6)
+            if d == "lower":
+                lower.add(key)
+    return {"profile": profile, "made_by": command or f"python -m wsss_core.notebooks --profile {profile}",
+            "made_on": f"{datetime.date.today().isoformat()}, {platform.machine()}, python {platform.python_version()}",
+            "default_tolerance": tolerance, "tolerances": {}, "lower_is_better": sorted(lower), "metrics": metrics}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m wsss_core.notebooks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="smoke", choices=["smoke", "tutorial", "paper"])
@@ -132,7 +172,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     ap.add_argument("--kernel", default=None, help="Jupyter kernel name (default python3)")
     ap.add_argument("--baseline", help="JSON baseline; fail on regressions beyond tolerance")
-    ap.add_argument("--tolerance", type=float, default=0.02, help="default absolute tolerance")
+    ap.add_argument("--tolerance", type=float, default=None,
+                    help="default absolute tolerance (default: the baseline's default_tolerance, else 0.02)")
+    ap.add_argument("--write-baseline", metavar="FILE", help="after a successful run, write its quality metrics as a baseline")
     ap.add_argument("--keep-going", action="store_true", help="run later notebooks after a failure")
     a = ap.parse_args(argv)
 
@@ -155,7 +197,8 @@ def main(argv=None) -> int:
     failed = [r["notebook"] for r in records if not r["ok"]]
     if a.baseline:
         base = json.loads(Path(a.baseline).read_text())
-        regressions = compare_to_baseline(records, base, a.tolerance)
+        tol = a.tolerance if a.tolerance is not None else float(base.get("default_tolerance", 0.02))
+        regressions = compare_to_baseline(records, base, tol)
         summary["regressions"] = regressions
         for p in regressions:
             print(f"[wsss] REGRESSION {p}", file=sys.stderr)
@@ -164,4 +207,10 @@ def main(argv=None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(summary_markdown(records, a.profile))
     print(f"[wsss] summary: {out / 'summary.md'}")
+    if a.write_baseline and not failed and len(records) == len(nbs):
+        cmd = "python -m wsss_core.notebooks " + " ".join(argv if argv is not None else sys.argv[1:])
+        base = make_baseline(records, a.profile, a.tolerance if a.tolerance is not None else 0.02, cmd)
+        Path(a.write_baseline).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.write_baseline).write_text(json.dumps(base, indent=2) + "\n")
+        print(f"[wsss] baseline written: {a.write_baseline}")
     return 1 if failed or regressions or len(records) < len(nbs) else 0

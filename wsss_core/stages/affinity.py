@@ -36,6 +36,7 @@ from ..data.palette import read_label_png, write_label_png
 from ..data.transforms import train_transforms
 from ..data.voc import VOCLayoutDataset, collate_samples
 from ..evaluation import LabelMapEvaluator
+from ..evaluation import evaluate_label_dir as _evaluate_label_dir
 from ..models.affinitynet import AffinityNet
 from ..models.backbones import build_backbone
 from . import cam as cam_stage
@@ -437,15 +438,7 @@ def make_rw_labels(model: AffinityNet, dataset, cam_dir, out_dir, cfg: AffinityS
             "walk_seconds_per_image": t_walk / n if n else float("nan")}
 
 
-def evaluate_label_dir(label_dir, dataset, context_pairs=None, progress: bool = False) -> dict:
-    """:class:`~wsss_core.evaluation.LabelMapEvaluator` summary of the PNG label maps in ``label_dir``
-    (one per image of ``dataset``)."""
-    from tqdm.auto import tqdm
-
-    ev = LabelMapEvaluator(dataset.num_classes, context_pairs, dataset.class_names)
-    for i, iid in enumerate(tqdm(dataset.ids, desc="evaluate", disable=not progress)):
-        ev.update_from_sample(read_label_png(Path(label_dir) / f"{iid}.png").astype(np.int64), dataset.get_raw(i))
-    return ev.summary()
+evaluate_label_dir = _evaluate_label_dir  # re-exported: scores a folder of label PNGs (wsss_core.evaluation)
 
 
 def evaluate_cams_alpha(cam_dir, dataset, alpha: float, context_pairs=None) -> dict:

@@ -1,0 +1,332 @@
+"""One segmentation network trained on every method's pseudo-labels: the comparison of notebook 06.
+
+    from wsss_core import comparison, profiles
+    data = profiles.prepare_data("tutorial")
+    rows = comparison.compare(["cam", "eps", "full"], "tutorial", data, "runs/tutorial")
+    comparison.table_markdown(rows)
+
+Every method of notebooks 01–05 ends in a folder of pseudo-labels for the training images (one
+palette PNG per image, 255 = ignore). :func:`pseudo_label_dir` finds that folder by calling the
+method's stage with the profile's preset and the run's seed — each stage is idempotent, so when the
+method's notebook already ran into the same ``OUT_DIR`` its classifier, maps and labels are reused
+and nothing is retrained; otherwise the stage runs now. :func:`compare` then measures each folder
+against the true masks of the training images (*pseudo-label mIoU*, the papers' "train" column),
+trains the same DeepLab with the same schedule and seed on it (:mod:`wsss_core.stages.segmentation`)
+and evaluates it on the validation split (*segmentation mIoU*, the papers' "val" column). The row
+``full`` trains on the true masks: the upper bound, and the denominator of the *weak/full ratio*.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .evaluation import evaluate_label_dir
+
+NOTEBOOK = "06_segmentation_and_comparison"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the comparison.
+
+    Attributes
+    ----------
+    key : short name used in metrics keys (``seg_<key>_miou``).
+    title : what the table prints; ``short``: what figures print.
+    supervision : ``"image"`` (image labels), ``"image+saliency"``, ``"box"`` or ``"mask"``.
+    notebook : the notebook that teaches it (and whose ``OUT_DIR`` folder the stage reuses).
+    paper : the paper's PASCAL VOC 2012 figures in % (``pseudo`` = pseudo-label mIoU on train,
+        ``val`` = segmentation mIoU on val; None = not reported) and where they come from.
+    """
+
+    key: str
+    title: str
+    supervision: str
+    notebook: str
+    paper: dict = field(default_factory=dict)
+    short: str = ""
+
+
+METHODS: dict[str, Method] = {m.key: m for m in [
+    Method("cam", "CAM", "image", "01_class_activation_maps",
+           {"pseudo": 48.0, "val": None, "source": "PSA README (ResNet-38 CAM, train)"}, short="CAM"),
+    Method("affinity_rw", "AffinityNet + random walk (PSA)", "image", "02_affinitynet_random_walk",
+           {"pseudo": 59.7, "val": 61.7, "source": "PSA, ResNet-38; DeepLab ResNet-38"}, short="AffinityNet RW"),
+    Method("edam", "EDAM (no saliency)", "image", "03_edam",
+           {"pseudo": None, "val": None, "source": "not reported without saliency"}, short="EDAM"),
+    Method("edam_sal", "EDAM + saliency override", "image+saliency", "03_edam",
+           {"pseudo": 68.1, "val": 71.0, "source": "EDAM README (CRF + PoolNet saliency); DeepLab-v2 R101"}, short="EDAM + sal."),
+    Method("eps", "EPS", "image+saliency", "05_eps_saliency",
+           {"pseudo": 69.4, "val": 70.9, "source": "EPS README/paper (PFAN saliency); DeepLab-v2 R101"}, short="EPS"),
+    Method("grabcut", "GrabCut on boxes", "box", "04_box2seg",
+           {"pseudo": 65.7, "val": None, "source": "BANA's table (GrabCut labels, train)"}, short="GrabCut"),
+    Method("box2seg", "Box2Seg", "box", "04_box2seg",
+           {"pseudo": None, "val": 76.4, "source": "Box2Seg (UPerNet R101; second-hand summary)"}, short="Box2Seg"),
+    Method("full", "True masks (upper bound)", "mask", "06_segmentation_and_comparison",
+           {"pseudo": 100.0, "val": 76.4, "source": "DeepLab-v2 R101 (Chen et al. 2018, 76.35 w/o COCO) [memory; re-check]"}, short="true masks"),
+]}
+
+DEFAULT_METHODS = tuple(METHODS)
+
+
+_HOOK: list = [None]
+
+
+def _seeded(cfg, seed: int | None, device: str | None, stage: str | None = None):
+    """The stage config with the run's seed and device, as every notebook sets them (then the
+    caller's ``config_hook(stage, cfg)``, if any)."""
+    if _HOOK[0] is not None and stage is not None:
+        cfg = _HOOK[0](stage, cfg)
+    if not hasattr(cfg, "train"):
+        return cfg
+    kw = {}
+    if seed is not None:
+        kw["seed"] = int(seed)
+    if device is not None:
+        kw["device"] = device
+    return cfg.replace(train=cfg.train.replace(**kw))
+
+
+def _cam(profile, data, out_root, seed, device, progress):
+    from . import profiles
+    from .stages import cam as stage
+
+    cfg = _seeded(profiles.cam_config(profile), seed, device, "cam")
+    return stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, progress=progress).label_dir
+
+
+def _affinity(profile, data, out_root, seed, device, progress):
+    from . import profiles
+    from .stages import affinity as stage
+    from .stages import cam as cam_stage
+
+    cam_cfg = _seeded(profiles.cam_config(profile), seed, device, "cam")
+    cfg = _seeded(stage.config_for_profile(profile), seed, device, "affinity_rw")
+    res = stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, cam_cfg=cam_cfg, progress=progress)
+    return res.rw_dir
+
+
+def _edam(sal: bool):
+    def fn(profile, data, out_root, seed, device, progress):
+        from . import profiles
+        from .stages import edam as stage
+
+        cam_cfg = _seeded(profiles.cam_config(profile), seed, device, "cam")
+        cfg = _seeded(stage.config_for_profile(profile), seed, device, "edam")
+        res = stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, cam_cfg=cam_cfg, progress=progress)
+        d = res.sal_label_dir if sal else res.label_dir
+        if d is None:
+            raise MethodUnavailable("EDAM + saliency needs a saliency folder in the dataset (none found)")
+        return d
+    return fn
+
+
+def _eps(profile, data, out_root, seed, device, progress):
+    from .stages import eps as stage
+
+    cfg = _seeded(stage.config_for_profile(profile), seed, device, "eps")
+    return stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, progress=progress).label_dir
+
+
+def _box(which: str):
+    def fn(profile, data, out_root, seed, device, progress):
+        from .stages import box2seg as stage
+
+        cfg = _seeded(stage.config_for_profile(profile), None, None, "box2seg")
+        res = stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, seed=seed, device=device, progress=progress)
+        return getattr(res, f"{which}_label_dir")
+    return fn
+
+
+class MethodUnavailable(RuntimeError):
+    """The method cannot run on this data (e.g. no boxes or no saliency maps)."""
+
+
+_MAKERS: dict[str, Callable] = {
+    "cam": _cam, "affinity_rw": _affinity, "edam": _edam(False), "edam_sal": _edam(True), "eps": _eps,
+    "grabcut": _box("grabcut"), "box2seg": _box("box2seg"),
+    "full": lambda *a, **k: None,
+}
+
+
+def pseudo_label_dir(method: str, profile: str, data, out_root, seed: int = 0, device: str = "auto",
+                     progress: bool = True, config_hook: Callable | None = None) -> Path | None:
+    """The folder of ``method``'s pseudo-labels for ``data``'s training split (None for ``full``:
+    the true masks), made by the method's stage or reused from its notebook's run in ``out_root``.
+
+    ``config_hook(stage, cfg) -> cfg`` edits a stage's preset before it runs (``stage`` is ``"cam"``,
+    ``"affinity_rw"``, ``"edam"``, ``"eps"`` or ``"box2seg"``) — e.g. a small crop for a test; a changed
+    config trains its own models next to the notebooks' (every stage fingerprints its config).
+
+    Raises
+    ------
+    KeyError : unknown method (the message lists the known ones).
+    """
+    if method not in _MAKERS:
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    _HOOK[0] = config_hook
+    try:
+        d = _MAKERS[method](profile, data, out_root, seed, device, progress)
+    finally:
+        _HOOK[0] = None
+    return None if d is None else Path(d)
+
+
+def label_dir_report(label_dir, dataset, context_pairs=None, progress: bool = False) -> dict:
+    """:class:`~wsss_core.evaluation.LabelMapEvaluator` summary of the PNG label maps in ``label_dir``
+    against ``dataset``'s true masks (every image of the dataset must have its ``<id>.png``);
+    :func:`wsss_core.evaluation.evaluate_label_dir`."""
+    return evaluate_label_dir(label_dir, dataset, context_pairs, progress=progress)
+
+
+def weak_full_ratio(seg_miou: float, full_miou: float) -> float:
+    """Segmentation mIoU with weak labels over the same network's with true masks (1.0 = no loss)."""
+    return float(seg_miou) / float(full_miou) if full_miou and full_miou > 0 else float("nan")
+
+
+def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, seed: int = 0,
+            device: str = "auto", progress: bool = True, log: Callable[[str], None] | None = print,
+            score_train: bool = True, config_hook: Callable | None = None) -> list[dict]:
+    """Train and evaluate one segmenter per method; returns one row (dict) per method, in order.
+
+    Each row: ``method``, ``title``, ``supervision``, ``pseudo_miou`` (train; 1.0 for ``full``),
+    ``pseudo_fg_precision``/``_recall``, ``seg_miou`` (val), ``seg_fg_precision``/``_recall``,
+    ``seg_context_leak``, ``ratio`` (weak/full; NaN without a ``full`` row), ``train_seconds``,
+    ``label_dir``, ``seg_report`` (the full evaluator summary) and ``status`` ("ok" or why it was
+    skipped), and — not written to metrics — ``model`` and ``history``. With ``score_train`` the
+    segmenter is also scored on the *training* images against their true masks (``seg_train_miou``):
+    the same images as ``pseudo_miou``, so the two say whether the network corrected its labels.
+    Segmenters are cached under ``out_root/06_segmentation_and_comparison/<method>/``.
+    """
+    from .stages import segmentation as seg
+    from .stages.cam import evaluation_dataset
+
+    if seg_cfg is None:
+        seg_cfg = _seeded(seg.config_for_profile(profile), seed, device)
+    out = Path(out_root) / NOTEBOOK
+    train_eval = None
+    train_true = None
+    rows = []
+    for m in methods:
+        meta = METHODS[m]
+        row = {"method": m, "title": meta.title, "supervision": meta.supervision, "status": "ok"}
+        try:
+            d = pseudo_label_dir(m, profile, data, out_root, seed=seed, device=device, progress=progress,
+                                 config_hook=config_hook)
+        except MethodUnavailable as e:
+            row["status"] = f"skipped: {e}"
+            rows.append(row)
+            if log:
+                log(f"[{m}] {row['status']}")
+            continue
+        row["label_dir"] = str(d) if d is not None else None
+        if d is None:
+            row.update(pseudo_miou=1.0, pseudo_fg_precision=1.0, pseudo_fg_recall=1.0)
+        else:
+            if train_eval is None:
+                from . import profiles
+
+                train_eval = evaluation_dataset(data.root, data.train_split, profiles.cam_config(profile),
+                                                mask_dir=getattr(data, "mask_dir", "SegmentationClass"))
+            rep = label_dir_report(d, train_eval, data.context_pairs, progress=progress)
+            row.update(pseudo_miou=rep["miou"], pseudo_fg_precision=rep["fg_precision"],
+                       pseudo_fg_recall=rep["fg_recall"])
+        res = seg.run(seg_cfg, data, d, out / m, progress=progress)
+        r = res.report
+        row.update(seg_miou=r["miou"], seg_fg_precision=r["fg_precision"], seg_fg_recall=r["fg_recall"],
+                   seg_context_leak=r.get("context_leak", float("nan")), train_seconds=res.train_seconds,
+                   checkpoint_dir=str(res.checkpoint_dir), seg_report=r, model=res.model, history=res.history)
+        if score_train:
+            tag = f"s{'-'.join(f'{v:g}' for v in seg_cfg.eval_scales)}{'-flip' if seg_cfg.eval_flip else ''}{'-crf' if seg_cfg.crf else ''}"
+            cached = res.checkpoint_dir / f"train_report_{tag}.json"
+            if cached.is_file():
+                tr = json.loads(cached.read_text())
+            else:
+                if train_true is None:
+                    train_true = seg.label_dataset(data.root, data.train_split, seg_cfg, None, train=False,
+                                                   true_mask_dir=getattr(data, "mask_dir", "SegmentationClass"))
+                tr = seg.evaluate(res.model, train_true, seg_cfg, data.context_pairs, progress=progress)
+                cached.write_text(json.dumps(tr, indent=2, default=float))
+            row["seg_train_miou"] = tr["miou"]
+        rows.append(row)
+        if log:
+            log(f"[{m}] pseudo-label mIoU {row['pseudo_miou']:.3f} (train) -> segmentation mIoU "
+                f"{row['seg_miou']:.3f} (val), trained in {res.train_seconds:.0f} s")
+    full = next((r["seg_miou"] for r in rows if r["method"] == "full" and r["status"] == "ok"), None)
+    for r in rows:
+        if r["status"] == "ok":
+            r["ratio"] = weak_full_ratio(r["seg_miou"], full) if full else float("nan")
+    return rows
+
+
+def best_of(rows: Sequence[dict], supervision: Sequence[str]) -> dict | None:
+    """The row with the highest segmentation mIoU among the given kinds of supervision."""
+    cand = [r for r in rows if r.get("status") == "ok" and r["supervision"] in supervision]
+    return max(cand, key=lambda r: r["seg_miou"]) if cand else None
+
+
+def metrics_from_rows(rows: Sequence[dict]) -> dict:
+    """The notebook's ``metrics.json``: flat keys per method (``pseudo_<m>_miou``, ``seg_<m>_miou``,
+    ``ratio_<m>``), ``full_miou``, the best image-label and box methods with their weak/full ratios,
+    and ``rows`` (every row without its bulky fields)."""
+    out: dict = {}
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        m = r["method"]
+        if m == "full":
+            out["full_miou"] = round(r["seg_miou"], 6)
+            continue
+        out[f"pseudo_{m}_miou"] = round(r["pseudo_miou"], 6)
+        out[f"seg_{m}_miou"] = round(r["seg_miou"], 6)
+        out[f"ratio_{m}"] = round(r["ratio"], 6)
+    for kind, sup in (("image", ("image", "image+saliency")), ("box", ("box",))):
+        b = best_of(rows, sup)
+        if b is not None:
+            out[f"best_{kind}_method"] = b["method"]
+            out[f"best_{kind}_miou"] = round(b["seg_miou"], 6)
+            out[f"best_{kind}_ratio"] = round(b["ratio"], 6)
+    keep = ("method", "title", "supervision", "status", "pseudo_miou", "pseudo_fg_precision", "pseudo_fg_recall",
+            "seg_train_miou", "seg_miou", "seg_fg_precision", "seg_fg_recall", "seg_context_leak", "ratio", "train_seconds")
+    out["rows"] = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k in keep} for r in rows]
+    return out
+
+
+def table_markdown(rows: Sequence[dict], paper: bool = True) -> str:
+    """The comparison table as Markdown (toy figures, and the papers' VOC figures when ``paper``)."""
+    def pct(v):
+        return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
+
+    head = "| method | supervision | pseudo-labels, train mIoU | segmenter, val mIoU | weak / full |"
+    sep = "|---|---|---:|---:|---:|"
+    if paper:
+        head += " paper: pseudo (train) | paper: val | source |"
+        sep += "---:|---:|---|"
+    lines = [head, sep]
+    for r in rows:
+        meta = METHODS[r["method"]]
+        if r.get("status") != "ok":
+            cells = [meta.title, meta.supervision, r["status"], "", ""]
+        else:
+            cells = [meta.title, meta.supervision, pct(r["pseudo_miou"]), pct(r["seg_miou"]), f"{r['ratio']:.2f}"]
+        if paper:
+            p = meta.paper
+            cells += ["–" if p.get("pseudo") is None else f"{p['pseudo']:.1f}",
+                      "–" if p.get("val") is None else f"{p['val']:.1f}", p.get("source", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_metrics(path, rows: Sequence[dict], extra: dict | None = None) -> dict:
+    """Write ``metrics_from_rows(rows)`` (+ ``extra``) as JSON to ``path``; returns the dict."""
+    m = metrics_from_rows(rows)
+    if extra:
+        m.update(extra)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(m, indent=2, default=float))
+    return m
