@@ -185,3 +185,13 @@ def test_paper_profile_comparison_on_a_small_voc_tree(make_voc_tree, tmp_path):
                                log=None, config_hook=shrink)
     assert [r["seg_miou"] for r in again] == [r["seg_miou"] for r in rows]
     assert [r["checkpoint_dir"] for r in again] == [r["checkpoint_dir"] for r in rows]
+
+
+def test_optional_baseline_keys_may_be_missing():
+    recs = [{"notebook": "04", "metrics": {"seg_miou": 0.8}}]
+    base = {"metrics": {"04": {"seg_miou": 0.8, "horse_box2seg_fg_iou": 0.6}}, "optional": ["horse_box2seg_fg_iou"]}
+    assert compare_to_baseline(recs, base, 0.02) == []
+    recs[0]["metrics"]["horse_box2seg_fg_iou"] = 0.5          # present: checked like any other key
+    assert len(compare_to_baseline(recs, base, 0.02)) == 1
+    made = make_baseline([{"notebook": "04", "metrics": {"horse_box2seg_fg_iou": 0.6, "seg_miou": 0.8}}], "t", 0.02)
+    assert made["optional"] == ["horse_box2seg_fg_iou"]

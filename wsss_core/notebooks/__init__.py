@@ -102,10 +102,12 @@ def summary_markdown(records: list[dict], profile: str) -> str:
 def compare_to_baseline(records: list[dict], baseline: dict, default_tol: float) -> list[str]:
     """Regressions against a baseline ``{"metrics": {nb: {key: value}}, "tolerances": {key: tol},
     "lower_is_better": [keys]}``. A metric regresses when it is worse than the baseline by more
-    than its absolute tolerance (``default_tol`` unless listed); a missing metric is a regression."""
+    than its absolute tolerance (``default_tol`` unless listed); a missing metric is a regression unless
+    the baseline lists it under ``"optional"`` (figures that need ``../shared/data``)."""
     problems = []
     tols = baseline.get("tolerances", {})
     lower = set(baseline.get("lower_is_better", []))
+    optional = set(baseline.get("optional", []))
     got = {r["notebook"]: (r["metrics"] or {}) for r in records}
     for nb, expected in baseline.get("metrics", {}).items():
         if nb not in got:
@@ -114,7 +116,8 @@ def compare_to_baseline(records: list[dict], baseline: dict, default_tol: float)
             tol = float(tols.get(key, default_tol))
             val = got[nb].get(key)
             if val is None or (isinstance(val, float) and math.isnan(val)):
-                problems.append(f"{nb}.{key}: missing (baseline {ref})")
+                if key not in optional:
+                    problems.append(f"{nb}.{key}: missing (baseline {ref})")
                 continue
             worse = (val - ref) if key in lower else (ref - val)
             if worse > tol:
@@ -124,6 +127,7 @@ def compare_to_baseline(records: list[dict], baseline: dict, default_tol: float)
 
 HIGHER_IS_BETTER = ("miou", "map", "recall", "precision", "iou", "max_f", "boundary_f", "ratio_", "_ratio", "accuracy")
 LOWER_IS_BETTER = ("leak", "confusion_ratio", "mae", "error")
+REAL_DATA_KEYS = ("grabcut_benchmark", "horse_")   # written only where ../shared/data exists
 
 
 def quality_direction(key: str) -> str | None:
@@ -145,7 +149,7 @@ def make_baseline(records: list[dict], profile: str, tolerance: float, command: 
     import datetime
     import platform
 
-    metrics, lower = {}, set()
+    metrics, lower, optional = {}, set(), set()
     for r in records:
         for key, val in (r.get("metrics") or {}).items():
             if isinstance(val, bool) or not isinstance(val, (int, float)) or math.isnan(float(val)):
@@ -156,9 +160,12 @@ def make_baseline(records: list[dict], profile: str, tolerance: float, command: 
             metrics.setdefault(r["notebook"], {})[key] = round(float(val), 6)
             if d == "lower":
                 lower.add(key)
+            if any(t in key for t in REAL_DATA_KEYS):
+                optional.add(key)
     return {"profile": profile, "made_by": command or f"python -m wsss_core.notebooks --profile {profile}",
             "made_on": f"{datetime.date.today().isoformat()}, {platform.machine()}, python {platform.python_version()}",
-            "default_tolerance": tolerance, "tolerances": {}, "lower_is_better": sorted(lower), "metrics": metrics}
+            "default_tolerance": tolerance, "tolerances": {}, "lower_is_better": sorted(lower),
+            "optional": sorted(optional), "metrics": metrics}
 
 
 def main(argv=None) -> int:
