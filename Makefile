@@ -15,7 +15,7 @@ RUNS       ?= runs
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,crf]"
 	@touch $(STAMP)
 
 setup: $(STAMP)

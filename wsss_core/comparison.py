@@ -104,8 +104,16 @@ def _affinity(profile, data, out_root, seed, device, progress):
     from .stages import affinity as stage
     from .stages import cam as cam_stage
 
+    from .affinity import crf_available
+
     cam_cfg = _seeded(profiles.cam_config(profile), seed, device, "cam")
     cfg = _seeded(stage.config_for_profile(profile), seed, device, "affinity_rw")
+    if cfg.crf and not crf_available():  # as notebook 02 does: without the optional extra, labels without CRF
+        import warnings
+
+        warnings.warn("the affinity labels' dense CRF needs the optional extra (pip install -e .[crf]); making them "
+                      "without it — notebook 02 measured a much weaker random walk that way", stacklevel=2)
+        cfg = cfg.replace(crf=False)
     res = stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, cam_cfg=cam_cfg, progress=progress)
     return res.rw_dir
 
