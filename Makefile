@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# the smoke run starts from an empty folder: reused checkpoints from older code would not match the baseline
 test: $(STAMP)
 	$(PY) -m pytest -q
+	rm -rf $(RUNS)/smoke
 	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke --baseline benchmarks/baselines/smoke.json
 
 smoke: $(STAMP)
@@ -30,9 +32,11 @@ smoke: $(STAMP)
 tutorial: $(STAMP)
 	$(PY) -m wsss_core.notebooks --profile tutorial --out $(RUNS)/tutorial
 
-# re-record the regression baselines (after a deliberate change of the figures; commit the JSON)
+# re-record the regression baselines (after a deliberate change of the figures; commit the JSON). Per-key
+# tolerances edited into the files are kept. Record smoke.json in a fresh clone without ../shared/data, as CI runs.
 baselines: $(STAMP)
-	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke --tolerance 0.05 --write-baseline benchmarks/baselines/smoke.json
+	rm -rf $(RUNS)/smoke
+	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke --tolerance 0.08 --write-baseline benchmarks/baselines/smoke.json
 	$(PY) -m wsss_core.notebooks --profile tutorial --out $(RUNS)/tutorial --tolerance 0.03 --write-baseline benchmarks/baselines/tutorial.json
 
 data: $(STAMP)

@@ -195,3 +195,28 @@ def test_optional_baseline_keys_may_be_missing():
     assert len(compare_to_baseline(recs, base, 0.02)) == 1
     made = make_baseline([{"notebook": "04", "metrics": {"horse_box2seg_fg_iou": 0.6, "seg_miou": 0.8}}], "t", 0.02)
     assert made["optional"] == ["horse_box2seg_fg_iou"]
+
+
+@pytest.mark.slow
+def test_rewriting_a_baseline_keeps_hand_tuned_tolerances(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from wsss_core.notebooks import main as runner_main
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    params = new_code_cell('PROFILE = "tutorial"\nOUT_DIR = "out"\nSEED = 0\nDEVICE = "auto"\nUSE_SOLUTIONS = False')
+    params.metadata["tags"] = ["parameters"]
+    body = ("import json, pathlib\nout = pathlib.Path(OUT_DIR) / '00_x'\nout.mkdir(parents=True, exist_ok=True)\n"
+            "(out / 'metrics.json').write_text(json.dumps({'seg_miou': 0.5, 'ratio_cam': 0.9, 'train_seconds': 3.0}))")
+    nb = new_notebook(cells=[params, new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbs / "00_x.ipynb")
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"tolerances": {"ratio_cam": 0.25, "gone_key": 1.0}, "note": "keep me", "metrics": {}}))
+    assert runner_main(["--profile", "smoke", "--out", str(tmp_path / "runs"), "--notebooks", str(nbs),
+                        "--tolerance", "0.08", "--write-baseline", str(base)]) == 0
+    b = json.loads(base.read_text())
+    assert b["metrics"] == {"00_x": {"seg_miou": 0.5, "ratio_cam": 0.9}}
+    assert b["tolerances"] == {"ratio_cam": 0.25} and b["note"] == "keep me" and b["default_tolerance"] == 0.08

@@ -217,6 +217,12 @@ def main(argv=None) -> int:
     if a.write_baseline and not failed and len(records) == len(nbs):
         cmd = "python -m wsss_core.notebooks " + " ".join(argv if argv is not None else sys.argv[1:])
         base = make_baseline(records, a.profile, a.tolerance if a.tolerance is not None else 0.02, cmd)
+        if Path(a.write_baseline).is_file():  # hand-tuned per-key tolerances and notes survive a re-record
+            old = json.loads(Path(a.write_baseline).read_text())
+            base["tolerances"] = {k: v for k, v in old.get("tolerances", {}).items()
+                                  if any(k in m for m in base["metrics"].values())}
+            if "note" in old:
+                base["note"] = old["note"]
         Path(a.write_baseline).parent.mkdir(parents=True, exist_ok=True)
         Path(a.write_baseline).write_text(json.dumps(base, indent=2) + "\n")
         print(f"[wsss] baseline written: {a.write_baseline}")
