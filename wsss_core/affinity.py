@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 import warnings
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

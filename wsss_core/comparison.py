@@ -73,59 +73,64 @@ METHODS: dict[str, Method] = {m.key: m for m in [
 DEFAULT_METHODS = tuple(METHODS)
 
 
-_HOOK: list = [None]
+@dataclass(frozen=True)
+class _Run:
+    """Where and how the stages run: what every pseudo-label maker needs."""
+
+    profile: str
+    data: object
+    out_root: Path
+    seed: int | None
+    device: str | None
+    progress: bool
+    config_hook: Callable | None = None
+
+    def cfg(self, stage: str, preset):
+        """``preset`` after the caller's ``config_hook(stage, cfg)`` and with this run's seed and device, as
+        every notebook sets them (Box2Seg's config has no ``train``: its ``run`` takes seed and device)."""
+        cfg = self.config_hook(stage, preset) if self.config_hook is not None else preset
+        if not hasattr(cfg, "train"):
+            return cfg
+        kw = {k: v for k, v in (("seed", None if self.seed is None else int(self.seed)), ("device", self.device))
+              if v is not None}
+        return cfg.replace(train=cfg.train.replace(**kw))
+
+    def out(self, stage_module) -> Path:
+        return Path(self.out_root) / stage_module.NOTEBOOK
 
 
-def _seeded(cfg, seed: int | None, device: str | None, stage: str | None = None):
-    """The stage config with the run's seed and device, as every notebook sets them (then the
-    caller's ``config_hook(stage, cfg)``, if any)."""
-    if _HOOK[0] is not None and stage is not None:
-        cfg = _HOOK[0](stage, cfg)
-    if not hasattr(cfg, "train"):
-        return cfg
-    kw = {}
-    if seed is not None:
-        kw["seed"] = int(seed)
-    if device is not None:
-        kw["device"] = device
-    return cfg.replace(train=cfg.train.replace(**kw))
-
-
-def _cam(profile, data, out_root, seed, device, progress):
+def _cam(run: _Run):
     from . import profiles
     from .stages import cam as stage
 
-    cfg = _seeded(profiles.cam_config(profile), seed, device, "cam")
-    return stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, progress=progress).label_dir
+    return stage.run(run.cfg("cam", profiles.cam_config(run.profile)), run.data, run.out(stage),
+                     progress=run.progress).label_dir
 
 
-def _affinity(profile, data, out_root, seed, device, progress):
+def _affinity(run: _Run):
     from . import profiles
-    from .stages import affinity as stage
-    from .stages import cam as cam_stage
-
     from .affinity import crf_available
+    from .stages import affinity as stage
 
-    cam_cfg = _seeded(profiles.cam_config(profile), seed, device, "cam")
-    cfg = _seeded(stage.config_for_profile(profile), seed, device, "affinity_rw")
+    cfg = run.cfg("affinity_rw", stage.config_for_profile(run.profile))
     if cfg.crf and not crf_available():  # as notebook 02 does: without the optional extra, labels without CRF
         import warnings
 
         warnings.warn("the affinity labels' dense CRF needs the optional extra (pip install -e .[crf]); making them "
                       "without it — notebook 02 measured a much weaker random walk that way", stacklevel=2)
         cfg = cfg.replace(crf=False)
-    res = stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, cam_cfg=cam_cfg, progress=progress)
-    return res.rw_dir
+    cam_cfg = run.cfg("cam", profiles.cam_config(run.profile))
+    return stage.run(cfg, run.data, run.out(stage), cam_cfg=cam_cfg, progress=run.progress).rw_dir
 
 
 def _edam(sal: bool):
-    def fn(profile, data, out_root, seed, device, progress):
+    def fn(run: _Run):
         from . import profiles
         from .stages import edam as stage
 
-        cam_cfg = _seeded(profiles.cam_config(profile), seed, device, "cam")
-        cfg = _seeded(stage.config_for_profile(profile), seed, device, "edam")
-        res = stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, cam_cfg=cam_cfg, progress=progress)
+        cam_cfg = run.cfg("cam", profiles.cam_config(run.profile))
+        res = stage.run(run.cfg("edam", stage.config_for_profile(run.profile)), run.data, run.out(stage),
+                        cam_cfg=cam_cfg, progress=run.progress)
         d = res.sal_label_dir if sal else res.label_dir
         if d is None:
             raise MethodUnavailable("EDAM + saliency needs a saliency folder in the dataset (none found)")
@@ -133,19 +138,19 @@ def _edam(sal: bool):
     return fn
 
 
-def _eps(profile, data, out_root, seed, device, progress):
+def _eps(run: _Run):
     from .stages import eps as stage
 
-    cfg = _seeded(stage.config_for_profile(profile), seed, device, "eps")
-    return stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, progress=progress).label_dir
+    return stage.run(run.cfg("eps", stage.config_for_profile(run.profile)), run.data, run.out(stage),
+                     progress=run.progress).label_dir
 
 
 def _box(which: str):
-    def fn(profile, data, out_root, seed, device, progress):
+    def fn(run: _Run):
         from .stages import box2seg as stage
 
-        cfg = _seeded(stage.config_for_profile(profile), None, None, "box2seg")
-        res = stage.run(cfg, data, Path(out_root) / stage.NOTEBOOK, seed=seed, device=device, progress=progress)
+        res = stage.run(run.cfg("box2seg", stage.config_for_profile(run.profile)), run.data, run.out(stage),
+                        seed=run.seed, device=run.device, progress=run.progress)
         return getattr(res, f"{which}_label_dir")
     return fn
 
@@ -157,7 +162,7 @@ class MethodUnavailable(RuntimeError):
 _MAKERS: dict[str, Callable] = {
     "cam": _cam, "affinity_rw": _affinity, "edam": _edam(False), "edam_sal": _edam(True), "eps": _eps,
     "grabcut": _box("grabcut"), "box2seg": _box("box2seg"),
-    "full": lambda *a, **k: None,
+    "full": lambda run: None,
 }
 
 
@@ -176,11 +181,7 @@ def pseudo_label_dir(method: str, profile: str, data, out_root, seed: int = 0, d
     """
     if method not in _MAKERS:
         raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    _HOOK[0] = config_hook
-    try:
-        d = _MAKERS[method](profile, data, out_root, seed, device, progress)
-    finally:
-        _HOOK[0] = None
+    d = _MAKERS[method](_Run(profile, data, Path(out_root), seed, device, progress, config_hook))
     return None if d is None else Path(d)
 
 
@@ -211,13 +212,20 @@ def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, 
     Segmenters are cached under ``out_root/06_segmentation_and_comparison/<method>/``.
     """
     from .stages import segmentation as seg
-    from .stages.cam import evaluation_dataset
 
     if seg_cfg is None:
-        seg_cfg = _seeded(seg.config_for_profile(profile), seed, device)
+        seg_cfg = _Run(profile, data, Path(out_root), seed, device, progress).cfg(
+            "segmentation", seg.config_for_profile(profile))
     out = Path(out_root) / NOTEBOOK
-    train_eval = None
-    train_true = None
+    train_true = None  # the training images with their true masks (and the toy extras), built once
+
+    def train_images():
+        nonlocal train_true
+        if train_true is None:
+            train_true = seg.label_dataset(data.root, data.train_split, seg_cfg, None, train=False,
+                                           true_mask_dir=getattr(data, "mask_dir", "SegmentationClass"))
+        return train_true
+
     rows = []
     for m in methods:
         meta = METHODS[m]
@@ -232,33 +240,23 @@ def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, 
                 log(f"[{m}] {row['status']}")
             continue
         row["label_dir"] = str(d) if d is not None else None
+        res = seg.run(seg_cfg, data, d, out / m, progress=progress)
+        # the checkpoint folder is fingerprinted by the label folder, so reports cached in it stay valid
         if d is None:
             row.update(pseudo_miou=1.0, pseudo_fg_precision=1.0, pseudo_fg_recall=1.0)
         else:
-            if train_eval is None:
-                from . import profiles
-
-                train_eval = evaluation_dataset(data.root, data.train_split, profiles.cam_config(profile),
-                                                mask_dir=getattr(data, "mask_dir", "SegmentationClass"))
-            rep = label_dir_report(d, train_eval, data.context_pairs, progress=progress)
+            rep = _cached(res.checkpoint_dir / "pseudo_report.json",
+                          lambda: label_dir_report(d, train_images(), data.context_pairs, progress=progress))
             row.update(pseudo_miou=rep["miou"], pseudo_fg_precision=rep["fg_precision"],
                        pseudo_fg_recall=rep["fg_recall"])
-        res = seg.run(seg_cfg, data, d, out / m, progress=progress)
         r = res.report
         row.update(seg_miou=r["miou"], seg_fg_precision=r["fg_precision"], seg_fg_recall=r["fg_recall"],
                    seg_context_leak=r.get("context_leak", float("nan")), train_seconds=res.train_seconds,
                    checkpoint_dir=str(res.checkpoint_dir), seg_report=r, model=res.model, history=res.history)
         if score_train:
             tag = f"s{'-'.join(f'{v:g}' for v in seg_cfg.eval_scales)}{'-flip' if seg_cfg.eval_flip else ''}{'-crf' if seg_cfg.crf else ''}"
-            cached = res.checkpoint_dir / f"train_report_{tag}.json"
-            if cached.is_file():
-                tr = json.loads(cached.read_text())
-            else:
-                if train_true is None:
-                    train_true = seg.label_dataset(data.root, data.train_split, seg_cfg, None, train=False,
-                                                   true_mask_dir=getattr(data, "mask_dir", "SegmentationClass"))
-                tr = seg.evaluate(res.model, train_true, seg_cfg, data.context_pairs, progress=progress)
-                cached.write_text(json.dumps(tr, indent=2, default=float))
+            tr = _cached(res.checkpoint_dir / f"train_report_{tag}.json",
+                         lambda: seg.evaluate(res.model, train_images(), seg_cfg, data.context_pairs, progress=progress))
             row["seg_train_miou"] = tr["miou"]
         rows.append(row)
         if log:
@@ -269,6 +267,15 @@ def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, 
         if r["status"] == "ok":
             r["ratio"] = weak_full_ratio(r["seg_miou"], full) if full else float("nan")
     return rows
+
+
+def _cached(path: Path, compute: Callable[[], dict]) -> dict:
+    """``compute()``, stored as JSON at ``path`` and read from there next time."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.write_text(json.dumps(result, indent=2, default=float))
+    return result
 
 
 def best_of(rows: Sequence[dict], supervision: Sequence[str]) -> dict | None:

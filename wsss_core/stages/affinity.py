@@ -17,7 +17,6 @@ would later be trained on (PSA and IRN report their pseudo-label mIoU on VOC *tr
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import engine
+from ._config import StageConfig
 from ..affinity import (_span, affinity_labels, affinity_loss, crf_available, downsample_labels, local_affinities,
                         pair_labels, pair_offsets, random_walk_labels)
 from ..cams import cams_to_labels, load_cams
@@ -49,7 +49,7 @@ AFF_KEY = "aff_label"
 
 
 @dataclass
-class AffinityStageConfig:
+class AffinityStageConfig(StageConfig):
     """Everything that defines the AffinityNet + random-walk stage.
 
     Attributes
@@ -117,24 +117,6 @@ class AffinityStageConfig:
             raise ValueError(f"label_mode must be 'power' (PSA) or 'threshold' (IRN), got {self.label_mode!r}")
         if self.rw_method not in ("sparse", "dense"):
             raise ValueError(f"rw_method must be 'sparse' or 'dense', got {self.rw_method!r}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AffinityStageConfig":
-        d = dict(d)
-        if isinstance(d.get("train"), dict):
-            d["train"] = engine.TrainConfig.from_dict(d["train"])
-        for k in ("level_channels", "levels", "scale", "long_side", "color_jitter"):
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-    def replace(self, **kw) -> "AffinityStageConfig":
-        return dataclasses.replace(self, **kw)
 
     def label_kwargs(self) -> dict:
         """Keyword arguments of :func:`wsss_core.affinity.affinity_labels` for this config."""

@@ -45,8 +45,9 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 
 from .. import engine
+from ._config import StageConfig
 from .. import losses_box2seg as L
-from ..boxes import (GrabCutConfig, box_index_map, filled_box_labels, load_grabcut_manifest, make_grabcut_labels,
+from ..boxes import (GrabCutConfig, box_index_map, filled_box_labels, make_grabcut_labels,
                      region_filling_rates)
 from ..data.palette import read_label_png
 from ..data.transforms import eval_transforms, train_transforms
@@ -107,7 +108,7 @@ class LossConfig:
 
 
 @dataclass
-class SegConfig:
+class SegConfig(StageConfig):
     """The segmentation network, its augmentation and its training schedule (shared by all settings).
 
     Attributes
@@ -149,14 +150,6 @@ class SegConfig:
     eval_batch_size: int = 50
     cache_images: bool = True
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-    def replace(self, **kw) -> "SegConfig":
-        return dataclasses.replace(self, **kw)
-
 
 @dataclass
 class RealDataConfig:
@@ -179,7 +172,7 @@ class RealDataConfig:
 
 
 @dataclass
-class Box2SegStageConfig:
+class Box2SegStageConfig(StageConfig):
     """Everything notebook 04 runs.
 
     Attributes
@@ -212,8 +205,6 @@ class Box2SegStageConfig:
     real: RealDataConfig = field(default_factory=RealDataConfig)
     profile: str | None = None
 
-    def replace(self, **kw) -> "Box2SegStageConfig":
-        return dataclasses.replace(self, **kw)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))

@@ -12,17 +12,16 @@ presets (``smoke``, ``tutorial``, ``paper``). The notebook ``01_class_activation
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from .. import engine
+from ._config import StageConfig
 from ..cams import cams_to_labels, load_cams, miou_from_confusion, multiscale_cams, save_cams, threshold_sweep
 from ..data.palette import write_label_png
 from ..data.transforms import eval_transforms, train_transforms
@@ -36,7 +35,7 @@ DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.0
 
 
 @dataclass
-class CAMStageConfig:
+class CAMStageConfig(StageConfig):
     """Everything that defines the CAM stage.
 
     Attributes
@@ -73,24 +72,6 @@ class CAMStageConfig:
     thresholds: tuple = DEFAULT_THRESHOLDS
     min_val_map: float = 0.9
     cache_images: bool = True
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CAMStageConfig":
-        d = dict(d)
-        if "train" in d and isinstance(d["train"], dict):
-            d["train"] = engine.TrainConfig.from_dict(d["train"])
-        for k in ("scale", "long_side", "color_jitter", "cam_scales", "thresholds"):
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-    def replace(self, **kw) -> "CAMStageConfig":
-        return dataclasses.replace(self, **kw)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,11 +20,9 @@ with the same background rule (max-normalised maps, a constant threshold swept o
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import engine
+from ._config import StageConfig
 from ..cams import load_cams
 from ..data.palette import write_label_png
 from ..data.transforms import eval_transforms, train_transforms
@@ -53,7 +52,7 @@ background lies higher than the CAMs' (the official ``eval.py --curve`` sweeps 0
 
 
 @dataclass
-class EDAMStageConfig:
+class EDAMStageConfig(StageConfig):
     """Everything that defines the EDAM stage.
 
     Attributes
@@ -128,24 +127,6 @@ class EDAMStageConfig:
     @property
     def cam_batch_size(self) -> int:
         return self.mask_batch_size
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EDAMStageConfig":
-        d = dict(d)
-        if isinstance(d.get("train"), dict):
-            d["train"] = engine.TrainConfig.from_dict(d["train"])
-        for k in ("scale", "long_side", "color_jitter", "mask_scales", "thresholds"):
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-    def replace(self, **kw) -> "EDAMStageConfig":
-        return dataclasses.replace(self, **kw)
 
 
 def config_for_profile(profile: str) -> EDAMStageConfig:

@@ -22,7 +22,6 @@ channel unused.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from .. import engine
+from ._config import StageConfig
 from ..cams import load_cams, multiscale_cams, save_cams
 from ..data.palette import read_label_png, write_label_png
 from ..data.transforms import eval_transforms, train_transforms
@@ -53,7 +53,7 @@ DEFAULT_THRESHOLDS = cam_stage.DEFAULT_THRESHOLDS
 
 
 @dataclass
-class EPSStageConfig:
+class EPSStageConfig(StageConfig):
     """Everything that defines the EPS stage.
 
     Attributes
@@ -115,24 +115,6 @@ class EPSStageConfig:
         if self.strategy == "predefined" and not self.predefined_background:
             raise ValueError("strategy='predefined' needs predefined_background=(class names, ...)")
         self.predefined_background = tuple(self.predefined_background)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EPSStageConfig":
-        d = dict(d)
-        if "train" in d and isinstance(d["train"], dict):
-            d["train"] = engine.TrainConfig.from_dict(d["train"])
-        for k in ("scale", "long_side", "color_jitter", "cam_scales", "thresholds", "predefined_background"):
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-    def replace(self, **kw) -> "EPSStageConfig":
-        return dataclasses.replace(self, **kw)
 
 
 def config_for_profile(profile: str) -> EPSStageConfig:

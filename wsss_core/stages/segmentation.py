@@ -11,16 +11,15 @@ it runs on a GPU, under AMP, and under ``torchrun`` like the other stages.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from .. import engine
+from ._config import StageConfig
 from ..data.transforms import eval_transforms, train_transforms
 from ..data.voc import VOCLayoutDataset, collate_samples
 from ..evaluation import LabelMapEvaluator
@@ -29,7 +28,7 @@ from ..models.deeplab import DeepLab, dense_crf, multiscale_predict
 
 
 @dataclass
-class SegStageConfig:
+class SegStageConfig(StageConfig):
     """Everything that defines the segmentation stage.
 
     Attributes
@@ -61,14 +60,6 @@ class SegStageConfig:
     eval_flip: bool = True
     crf: bool = False
     cache_images: bool = True
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["train"] = self.train.to_dict()
-        return d
-
-    def replace(self, **kw) -> "SegStageConfig":
-        return dataclasses.replace(self, **kw)
 
 
 def config_for_profile(profile: str) -> SegStageConfig:
