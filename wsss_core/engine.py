@@ -223,6 +223,14 @@ def get_dist_info() -> DistInfo:
     return DistInfo()
 
 
+def is_main_process() -> bool:
+    """Rank 0 of the process group — or, before the group is started (``train`` starts it), of the
+    ``torchrun`` launch (``RANK``); True for a single process. For "one writer" file output."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return (_env_int("RANK", 0) or 0) == 0
+
+
 def init_distributed(backend: str | None = None) -> DistInfo:
     """Initialise ``torch.distributed`` from torchrun's environment variables.
 

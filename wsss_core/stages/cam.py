@@ -13,7 +13,6 @@ presets (``smoke``, ``tutorial``, ``paper``). The notebook ``01_class_activation
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +172,7 @@ def _check_stage_identity(cfg: CAMStageConfig, checkpoint_dir) -> None:
                 f"{d}: the checkpoint was trained with a different CAM-stage config ({lines}). Delete the folder, "
                 "choose another checkpoint_dir, or set train.resume=False to start afresh.")
     d.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun (the group starts in train())
+    if engine.is_main_process():  # one writer under torchrun
         f.write_text(json.dumps(ident, indent=2))
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,7 +281,7 @@ def train_eps(cfg: EPSStageConfig, train_ds, checkpoint_dir=None, val_ds=None, n
     tcfg = cfg.train if checkpoint_dir is None else cfg.train.replace(checkpoint_dir=str(checkpoint_dir))
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun (the group starts in train())
+        if engine.is_main_process():  # one writer under torchrun
             (Path(checkpoint_dir) / "stage_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
     eval_fn = None
     if val_ds is not None:
