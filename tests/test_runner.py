@@ -9,7 +9,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from wsss_core import cli
-from wsss_core.notebooks import compare_to_baseline, main as runner_main
+from wsss_core.notebooks import compare_to_baseline, main as runner_main, merge_baselines
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +90,20 @@ def test_cli_generates_and_validates_toy_tree(tmp_path, capsys):
 
     with pytest.raises(DatasetError, match="toy_000007.jpg"):
         cli.main(["data", "validate", str(root), "--split", "val"])
+
+
+def test_rerecording_one_notebook_keeps_the_others():
+    old = {"metrics": {"00": {"miou": 0.5, "leak": 0.2}, "01": {"miou": 0.6, "old_key": 0.1}},
+           "tolerances": {"leak": 0.05, "old_key": 0.2, "gone": 0.3}, "lower_is_better": ["leak"],
+           "optional": ["horse_iou"], "note": "hand-written", "made_by": "x"}
+    new = {"metrics": {"01": {"miou": 0.7, "horse_iou": 0.4}}, "tolerances": {}, "lower_is_better": [],
+           "optional": ["horse_iou"], "made_by": "run --only 01"}
+    got = merge_baselines(old, new, ran=["01"])
+    # 00 kept as it was, 01 replaced (its dropped key and that key's tolerance go)
+    assert got["metrics"] == {"00": {"miou": 0.5, "leak": 0.2}, "01": {"miou": 0.7, "horse_iou": 0.4}}
+    assert got["tolerances"] == {"leak": 0.05}
+    assert got["lower_is_better"] == ["leak"] and got["optional"] == ["horse_iou"]
+    assert got["note"] == "hand-written" and "00 kept" in got["made_by"]
+    # a full run replaces everything
+    full = merge_baselines(old, {"metrics": {"00": {"miou": 0.9}}, "made_by": "all"}, ran=["00", "01"])
+    assert full["metrics"] == {"00": {"miou": 0.9}} and full["made_by"] == "all"

@@ -143,6 +143,27 @@ def quality_direction(key: str) -> str | None:
     return None
 
 
+def merge_baselines(old: dict, new: dict, ran) -> dict:
+    """Re-record ``new`` over ``old``: the notebooks that ran (``ran``) take ``new``'s figures, the others
+    (a run with ``--only``) keep ``old``'s; hand-tuned per-key tolerances of keys still present and
+    ``old``'s note survive; ``lower_is_better`` / ``optional`` cover the keys of both."""
+    ran = set(ran)
+    out = dict(new)
+    metrics = {nb: m for nb, m in old.get("metrics", {}).items() if nb not in ran}
+    metrics.update(new.get("metrics", {}))
+    out["metrics"] = dict(sorted(metrics.items()))
+    keys = {k for m in metrics.values() for k in m}
+    out["tolerances"] = {k: v for k, v in old.get("tolerances", {}).items() if k in keys}
+    for field in ("lower_is_better", "optional"):
+        out[field] = sorted(k for k in set(old.get(field, [])) | set(new.get(field, [])) if k in keys)
+    if "note" in old:
+        out["note"] = old["note"]
+    kept = sorted(metrics.keys() - ran)
+    if kept:
+        out["made_by"] = f"{new.get('made_by')} (merged into the earlier baseline: {', '.join(kept)} kept)"
+    return out
+
+
 def make_baseline(records: list[dict], profile: str, tolerance: float, command: str | None = None) -> dict:
     """A baseline from a run's records: every numeric top-level metric whose name says it is a quality
     figure (:func:`quality_direction`), one absolute ``tolerance`` for all (edit the file to tune keys)."""
@@ -219,10 +240,7 @@ def main(argv=None) -> int:
         base = make_baseline(records, a.profile, a.tolerance if a.tolerance is not None else 0.02, cmd)
         if Path(a.write_baseline).is_file():  # hand-tuned per-key tolerances and notes survive a re-record
             old = json.loads(Path(a.write_baseline).read_text())
-            base["tolerances"] = {k: v for k, v in old.get("tolerances", {}).items()
-                                  if any(k in m for m in base["metrics"].values())}
-            if "note" in old:
-                base["note"] = old["note"]
+            base = merge_baselines(old, base, ran=[r["notebook"] for r in records])
         Path(a.write_baseline).parent.mkdir(parents=True, exist_ok=True)
         Path(a.write_baseline).write_text(json.dumps(base, indent=2) + "\n")
         print(f"[wsss] baseline written: {a.write_baseline}")
