@@ -2,6 +2,7 @@
 dataset, and a tiny end-to-end run (GrabCut → targets → train → evaluate → reuse)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -54,6 +55,58 @@ def test_awl_by_hand_and_its_gradient():
     want[0, 1, 0, 0] = -math.log(p2)
     assert torch.allclose(att.grad, want, atol=1e-6)
     assert logits.grad[0, :, 0, 1].abs().sum() == 0               # the outside pixel gets no gradient
+
+
+def test_gated_ce_equals_plain_ce_when_attention_is_zero():
+    logits, box_map, classes = _boxes_batch(seed=3)
+    g = torch.Generator().manual_seed(4)
+    target = torch.randint(0, 4, (2, 5, 6), generator=g)
+    target[1, 4, :] = 255
+    want = L.cross_entropy(logits, target)
+    got = L.gated_cross_entropy(logits, target, torch.zeros(2, 3, 5, 6), box_map, classes)
+    assert torch.allclose(got, want, atol=1e-6), (got, want)
+    # A = 1 switches off exactly the in-box background pixels (normaliser unchanged)
+    ce = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    valid = target != 255
+    off = (box_map >= 0) & (target == 0)
+    want1 = ce[valid & ~off].sum() / valid.sum()
+    got1 = L.gated_cross_entropy(logits, target, torch.ones(2, 3, 5, 6), box_map, classes)
+    assert off.any() and torch.allclose(got1, want1, atol=1e-6)
+
+
+def test_gated_ce_by_hand_and_its_gradient():
+    # 1x3 pixels, 2 classes: pixel 0 in a box of class 2 with target 0 (gated), pixel 1 in the box with
+    # target 2 (not gated), pixel 2 outside every box with target 0 (not gated)
+    logits = torch.tensor([[[[1.0, 0.0, 3.0]], [[0.0, 1.0, 0.0]], [[2.0, 2.0, 0.0]]]])
+    att = torch.tensor([[[[0.9, 0.9, 0.9]], [[0.25, 0.6, 0.8]]]], requires_grad=True)
+    box_map = torch.tensor([[[0, 0, -1]]])
+    target = torch.tensor([[[0, 2, 0]]])
+    loss = L.gated_cross_entropy(logits, target, att, box_map, torch.tensor([2]))
+    lse = lambda v: math.log(sum(math.exp(t) for t in v))
+    ce0, ce1, ce2 = lse([1, 0, 2]) - 1, lse([0, 1, 2]) - 2, lse([3, 0, 0]) - 3
+    assert loss.item() == pytest.approx(((1 - 0.25) * ce0 + ce1 + ce2) / 3, rel=1e-6)
+    loss.backward()
+    want = torch.zeros(1, 2, 1, 3)
+    want[0, 1, 0, 0] = -ce0 / 3            # dL/dA = log p_0 / N <= 0: the attention is pushed up
+    assert torch.allclose(att.grad, want, atol=1e-6)
+
+
+def test_gated_ce_per_box_mean_one_redistributes_within_each_box():
+    # 1x4 pixels, one box of class 1 over pixels 0-2; GrabCut: object at 0, 1, background at 2, 3
+    logits = torch.tensor([[[[0.0, 0.5, 1.0, 2.0]], [[1.0, 0.0, 0.5, 0.0]]]])
+    target = torch.tensor([[[1, 1, 0, 0]]])
+    box_map = torch.tensor([[[0, 0, 0, -1]]])
+    ce = F.cross_entropy(logits, target, reduction="none")[0, 0]
+    att = torch.tensor([[[[0.2, 0.6, 0.7, 0.9]]]])
+    got = L.gated_cross_entropy(logits, target, att, box_map, torch.tensor([1]), gate_background=True,
+                                gate_object=True, per_box_mean_one=True)
+    # object pixels: A / mean A = 0.2 / 0.4, 0.6 / 0.4; the box's only background pixel: (1 - A) / mean = 1
+    want = (0.5 * ce[0] + 1.5 * ce[1] + 1.0 * ce[2] + 1.0 * ce[3]) / 4
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # a uniform attention changes nothing: the plain cross-entropy
+    flat = L.gated_cross_entropy(logits, target, torch.full_like(att, 0.3), box_map, torch.tensor([1]),
+                                 gate_background=True, gate_object=True, per_box_mean_one=True)
+    assert flat.item() == pytest.approx(L.cross_entropy(logits, target).item(), rel=1e-6)
 
 
 def test_awl_without_box_pixels_is_zero_with_a_graph():
@@ -299,6 +352,23 @@ def test_class_mean_rho_by_hand():
     assert S.setting("box2seg_class_rho", t)[1].rho == "class_mean" and S.setting("box2seg", t)[1].rho == "box"
 
 
+def test_gate_switch_validation_and_fingerprints(tmp_path):
+    from wsss_core.stages import box2seg as S
+
+    with pytest.raises(ValueError, match="gate must be"):
+        S.LossConfig(awl_weight=1.0, gate="yes")
+    with pytest.raises(ValueError, match="attention head"):
+        S.LossConfig(gate="both")
+    seg = S.SegConfig()
+    full = S.config_for_profile("tutorial").box2seg
+    plain = S.checkpoint_dir_for("box2seg", "grabcut", full, seg, tmp_path)
+    # the switch at its default leaves the fingerprint of earlier runs alone; any other value makes a new folder
+    assert plain == S.checkpoint_dir_for("box2seg", "grabcut", dataclasses.replace(full, gate="off"), seg, tmp_path)
+    gated = {S.checkpoint_dir_for("box2seg", "grabcut", dataclasses.replace(full, **kw), seg, tmp_path)
+             for kw in ({"gate": "both"}, {"gate": "both", "gate_detach": True}, {"gate": "object"})}
+    assert len(gated) == 3 and plain not in gated
+
+
 def test_tiny_end_to_end_run_and_reuse(toy, tmp_path):
     from wsss_core.profiles import DataSpec
     from wsss_core.stages import box2seg as S
@@ -400,3 +470,33 @@ def test_config_for_profile():
         S.config_for_profile("huge")
     with pytest.raises(ValueError):
         S.setting("nope", t)
+
+
+def test_attention_by_grabcut_error_by_hand(tmp_path, monkeypatch):
+    from wsss_core.data.palette import write_label_png
+    from wsss_core.stages import box2seg as S
+
+    # one 1x6 image, one box of class 2 over pixels 0-4; truth: object at 0-2; GrabCut: object at 1-3
+    mask = np.array([[2, 2, 2, 0, 0, 0]], np.uint8)
+    gc = np.array([[0, 2, 2, 2, 0, 0]], np.uint8)
+    write_label_png(tmp_path / "a.png", gc)
+
+    class One:
+        def __len__(self):
+            return 1
+
+        def get_raw(self, i):
+            return {"id": "a", "image": np.zeros((1, 6, 3), np.uint8), "mask": mask,
+                    "boxes": np.array([[0, 0, 5, 1]]), "box_labels": np.array([2])}
+
+    att = torch.zeros(1, 2, 1, 6)
+    att[0, 1, 0] = torch.tensor([0.6, 0.8, 0.9, 0.1, 0.05, 0.99])   # class 2's channel; pixel 5 is outside the box
+    monkeypatch.setattr(S, "predict_maps", lambda model, x, long_side=None, heads=("seg",): {"att": att})
+    model = build_segnet("compact", {"width": 8, "output_stride": 8}, 2, channels=8, attention=True)
+    got = S.attention_by_grabcut_error(model, One(), tmp_path)
+    assert got["object_kept"]["pixels"] == 2 and got["object_kept"]["attention"] == pytest.approx(0.85)
+    assert got["background_taken"]["pixels"] == 1 and got["background_taken"]["attention"] == pytest.approx(0.1)
+    assert got["object_missed"]["pixels"] == 1 and got["object_missed"]["attention"] == pytest.approx(0.6)
+    assert got["background_left"]["pixels"] == 1 and got["background_left"]["attention"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="attention head"):
+        S.attention_by_grabcut_error(build_segnet("compact", {"width": 8, "output_stride": 8}, 2, channels=8), One(), tmp_path)

@@ -22,6 +22,9 @@ Notation (one image; a batch sums the pixel terms and averages as stated):
 Losses:
 
 (B1) ``L_ce  = −1/|Ω| Σ_x log p_{Y(x)}(x)`` — :func:`cross_entropy` (pixels with Y = 255 skipped);
+(B1′) ``−1/|Ω| Σ_x w(x) log p_{Y(x)}(x)`` with ``w = 1 − A`` on GrabCut's background labels inside boxes
+     and / or ``w = A`` on its object labels — :func:`gated_cross_entropy`; our experiment (not part of
+     the description; it lost to (B1) on the toy scenes, notebook 04 §8);
 (B2) ``L_awl = −1/|Ω_B| Σ_{x∈Ω_B} A_{c_k(x)}(x) · log p_{c_k(x)}(x)`` — :func:`attention_weighted_loss`;
      with ``A ≡ 1`` it is the plain cross-entropy against the *filled boxes* on box pixels;
 (B3) ``L_fill = 1/K Σ_k ( 1/|Ω_k| Σ_{x∈Ω_k} A_{c_k}(x) − ρ_k )²`` — :func:`filling_rate_loss`;
@@ -46,6 +49,7 @@ __all__ = [
     "IGNORE",
     "cross_entropy",
     "attention_weighted_loss",
+    "gated_cross_entropy",
     "filling_rate_loss",
     "box_attention_means",
     "pair_offsets",
@@ -157,6 +161,48 @@ def attention_weighted_loss(logits: torch.Tensor, attention: torch.Tensor, box_m
     logp = _gather_class(F.log_softmax(logits.float(), dim=1), cls, offset=0)
     a = _gather_class(attention.float(), cls, offset=1)
     return -(a * logp)[inside].mean()
+
+
+def gated_cross_entropy(logits: torch.Tensor, target: torch.Tensor, attention: torch.Tensor, box_map: torch.Tensor,
+                        box_classes: torch.Tensor, gate_background: bool = True, gate_object: bool = False,
+                        per_box_mean_one: bool = False) -> torch.Tensor:
+    """(B1) with the attention arbitrating inside boxes (B1′), our extension of the reconstruction.
+
+    ``L = −1/|Ω| Σ_x w(x) log p_{Y(x)}(x)`` with ``w(x) = 1 − A_{c_k(x)}(x)`` on box pixels whose target is
+    background (GrabCut's "not object" inside a box of class ``c_k``) and ``w = 1`` elsewhere. Inside a box
+    the two noisy votes — the box's (class ``c_k``, weighted by ``A`` in (B2)) and GrabCut's background
+    label (weighted by ``1 − A`` here) — then add up to one soft target: where the attention says "object",
+    GrabCut's under-estimate no longer pulls the pixel to background. ``∂L/∂A = log p_0 ≤ 0`` pushes the
+    attention *up* where the segmentation finds no background, against (B2)'s push down where it finds no
+    object; the filling-rate constraint (B3) fixes how much of the box it may claim. With ``A ≡ 0`` it is
+    exactly :func:`cross_entropy`.
+
+    Shapes as in :func:`cross_entropy` and :func:`attention_weighted_loss`; the mean is over the
+    non-ignored pixels (the weights do not enter the normaliser).
+    """
+    _check_maps(logits, box_map, "gated_cross_entropy")
+    if target.shape != box_map.shape:
+        raise ValueError(f"gated_cross_entropy: target {tuple(target.shape)} and box_map {tuple(box_map.shape)} differ")
+    valid = target != IGNORE
+    if not bool(valid.any()):
+        return _zero(logits, attention)
+    ce = F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE, reduction="none")
+    inside, cls = _box_class_map(box_map, box_classes)
+    a = _gather_class(attention.float(), cls, offset=1)
+    w = torch.ones_like(a)
+    for on, sel, g in ((gate_background, inside & (target == 0), 1.0 - a), (gate_object, inside & (target == cls), a)):
+        if not on:
+            continue
+        if per_box_mean_one and bool(sel.any()):
+            # each box's gated pixels keep a mean weight of one: the attention redistributes, not removes
+            k = box_map[sel]
+            n_box = box_classes.numel()
+            sums = torch.zeros(n_box, device=a.device).index_add(0, k, g[sel])
+            cnt = torch.zeros(n_box, device=a.device).index_add(0, k, torch.ones_like(g[sel]))
+            g = g.clone()
+            g[sel] = g[sel] / (sums / cnt.clamp_min(1.0)).clamp_min(_EPS)[k]
+        w = torch.where(sel, g, w)
+    return (w * ce)[valid].sum() / valid.sum()
 
 
 def box_attention_means(attention: torch.Tensor, box_map: torch.Tensor, box_classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

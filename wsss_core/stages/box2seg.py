@@ -27,6 +27,9 @@ full_ce        true masks with a share of objects   –
                removed (all boxes kept)
 full_awl       the same                             B2, B3 (ρ from GrabCut)
 ============== ==================================== ============================================
+
+``LossConfig(gate=...)`` (off in every preset) is our experiment of letting the attention weight (B1) too
+(B1′, :func:`wsss_core.losses_box2seg.gated_cross_entropy`); notebook 04 §8 reports what it measured.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ NOTEBOOK = "04_box2seg"
 """The notebook (and OUT_DIR sub-folder) that owns this stage's artifacts."""
 
 TARGETS = ("box", "grabcut", "mask", "mask_missing")
+GATES = ("off", "background", "object", "both")
 IGNORE = 255
 
 
@@ -83,6 +87,13 @@ class LossConfig:
     rho : the target of (B3): ``"box"`` = each box's own GrabCut filling rate; ``"class_mean"`` = the mean
         GrabCut filling rate of the box's class over the training split (BCM's per-class filling rate,
         measured on GrabCut's output), which a single collapsed GrabCut cannot pull down.
+    gate : our experiment, off in every preset — let the attention also weight (B1) on box pixels
+        (:func:`wsss_core.losses_box2seg.gated_cross_entropy`, B1′): ``"background"`` = GrabCut's background
+        labels inside a box by ``1 − A``, ``"object"`` = its object labels by ``A``, ``"both"``. Measured on the
+        tutorial scenes it lost to plain (B1) every way we tried (notebook 04 §8).
+    gate_detach : the gate uses ``A`` without a gradient (the attention is trained by B2/B3 only).
+    gate_renorm : each box's gated pixels keep a mean weight of one (the attention redistributes, not removes).
+    gate_start_epoch : the gate is on from this epoch (0-based) on; plain (B1) before.
     """
 
     ce_weight: float = 1.0
@@ -93,10 +104,18 @@ class LossConfig:
     emb_radius: float = 3.0
     detach_segmentation: bool = False
     rho: str = "box"
+    gate: str = "off"
+    gate_detach: bool = False
+    gate_renorm: bool = False
+    gate_start_epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.rho not in ("box", "class_mean"):
             raise ValueError(f"rho must be 'box' or 'class_mean', got {self.rho!r}")
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+        if self.gate != "off" and not self.uses_attention:
+            raise ValueError("gate needs the attention head: set awl_weight or fill_weight > 0")
 
     @property
     def uses_attention(self) -> bool:
@@ -531,14 +550,21 @@ def make_step(loss: LossConfig, seg: SegConfig, phase: _Phase | None = None):
             logits = seg_logits
             if logits.shape[-2:] != yy.shape[-2:]:
                 logits = F.interpolate(logits, size=yy.shape[-2:], mode="bilinear", align_corners=False)
-        ce = L.cross_entropy(logits, yy)
-        total = loss.ce_weight * ce
-        logs = {"ce": ce.detach()}
+        A = None
         if loss.uses_attention:
             att = out["att"]
             if att.shape[-2:] != logits.shape[-2:]:
                 att = F.interpolate(att, size=logits.shape[-2:], mode="bilinear", align_corners=False)
             A = torch.sigmoid(att.float())
+        if loss.gate != "off" and A is not None and phase.epoch >= loss.gate_start_epoch:
+            ce = L.gated_cross_entropy(logits, yy, A.detach() if loss.gate_detach else A, bb, bc,
+                                       gate_background=loss.gate in ("background", "both"),
+                                       gate_object=loss.gate in ("object", "both"), per_box_mean_one=loss.gate_renorm)
+        else:
+            ce = L.cross_entropy(logits, yy)
+        total = loss.ce_weight * ce
+        logs = {"ce": ce.detach()}
+        if A is not None:
             if loss.awl_weight > 0:
                 awl = L.attention_weighted_loss(logits, A, bb, bc)
                 total = total + loss.awl_weight * awl
@@ -588,6 +614,9 @@ def checkpoint_dir_for(name: str, target: str, loss: LossConfig, seg: SegConfig,
     loss_d = dataclasses.asdict(loss)
     if loss_d.get("rho") == "box":
         del loss_d["rho"]  # the default is left out: fingerprints stay those of runs made before the field existed
+    for k, default in (("gate", "off"), ("gate_detach", False), ("gate_renorm", False), ("gate_start_epoch", 0)):
+        if loss_d.get(k) == default:
+            del loss_d[k]  # likewise
     ident = {"target": target, "loss": loss_d,
              "seg": {k: v for k, v in seg.to_dict().items() if k not in ("eval_batch_size", "cache_images", "eval_long_side")},
              "extra": extra or {}}
@@ -918,6 +947,50 @@ def summarise_objects(rows: Sequence[Mapping[str, Any]], key: str = "category") 
         out[g] = {"n": len(rs), "recall": float(np.mean(rec)) if rec else float("nan"),
                   "taken": float(np.mean(tak)) if tak else float("nan")}
     return out
+
+
+ERROR_KINDS = ("object_kept", "background_taken", "object_missed", "background_left")
+"""The four kinds of box pixel by GrabCut's label (object / background) and the truth, for
+:func:`attention_by_grabcut_error`: ``background_taken`` = over-estimation, ``object_missed`` =
+under-estimation."""
+
+
+def attention_by_grabcut_error(model: SegNet, dataset: VOCLayoutDataset, gc_dir, n: int | None = None,
+                               long_side: int | None = None) -> dict:
+    """Mean attention ``A_c`` of each box's class on the box's own pixels, by what GrabCut did there.
+
+    For the first ``n`` images of ``dataset`` (a :func:`raw_dataset` with true masks) and every box ``k`` of
+    class ``c`` (its own pixels ``Ω_k``, ignore pixels skipped): ``object_kept`` (GrabCut ``c``, truth ``c``),
+    ``background_taken`` (GrabCut ``c``, truth not ``c``: a wrong foreground label), ``object_missed``
+    (GrabCut not ``c``, truth ``c``: a wrong background label) and ``background_left`` (neither).
+
+    Returns
+    -------
+    dict
+        ``{kind: {"attention": mean A (NaN if no pixel), "pixels": count}}`` for the kinds of
+        :data:`ERROR_KINDS`. ``long_side``: resize photos for inference (:func:`predict_maps`); the
+        attention is scored at full size.
+    """
+    if getattr(engine.unwrap(model), "att_head", None) is None:
+        raise ValueError("the model has no attention head (train a setting with awl_weight or fill_weight > 0)")
+    sums = dict.fromkeys(ERROR_KINDS, 0.0)
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    n = len(dataset) if n is None else min(n, len(dataset))
+    for i in range(n):
+        raw = dataset.get_raw(i)
+        att = predict_maps(model, image_tensor(raw["image"])[None], long_side, heads=("att",))["att"][0].numpy()
+        gc = read_label_png(Path(gc_dir) / f"{raw['id']}.png")
+        m = raw["mask"]
+        bmap = box_index_map(raw["boxes"], m.shape)
+        for k, c in enumerate(raw["box_labels"]):
+            own = (bmap == k) & (m != IGNORE)
+            g, t = gc == c, m == c
+            for kind, sel in (("object_kept", g & t), ("background_taken", g & ~t), ("object_missed", ~g & t),
+                              ("background_left", ~g & ~t)):
+                sel = sel & own
+                sums[kind] += float(att[c - 1][sel].sum())
+                counts[kind] += int(sel.sum())
+    return {k: {"attention": sums[k] / counts[k] if counts[k] else math.nan, "pixels": counts[k]} for k in ERROR_KINDS}
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
