@@ -166,16 +166,20 @@ def attention_weighted_loss(logits: torch.Tensor, attention: torch.Tensor, box_m
 def gated_cross_entropy(logits: torch.Tensor, target: torch.Tensor, attention: torch.Tensor, box_map: torch.Tensor,
                         box_classes: torch.Tensor, gate_background: bool = True, gate_object: bool = False,
                         per_box_mean_one: bool = False) -> torch.Tensor:
-    """(B1) with the attention arbitrating inside boxes (B1′), our extension of the reconstruction.
+    """(B1) with the attention arbitrating inside boxes (B1′), our experiment on top of the reconstruction.
 
-    ``L = −1/|Ω| Σ_x w(x) log p_{Y(x)}(x)`` with ``w(x) = 1 − A_{c_k(x)}(x)`` on box pixels whose target is
-    background (GrabCut's "not object" inside a box of class ``c_k``) and ``w = 1`` elsewhere. Inside a box
-    the two noisy votes — the box's (class ``c_k``, weighted by ``A`` in (B2)) and GrabCut's background
-    label (weighted by ``1 − A`` here) — then add up to one soft target: where the attention says "object",
-    GrabCut's under-estimate no longer pulls the pixel to background. ``∂L/∂A = log p_0 ≤ 0`` pushes the
-    attention *up* where the segmentation finds no background, against (B2)'s push down where it finds no
-    object; the filling-rate constraint (B3) fixes how much of the box it may claim. With ``A ≡ 0`` it is
-    exactly :func:`cross_entropy`.
+    ``L = −1/|Ω| Σ_x w(x) log p_{Y(x)}(x)`` where, for a pixel of box ``k`` (class ``c_k``):
+
+    * ``gate_background``: ``w = 1 − A_{c_k}(x)`` where GrabCut says background — where the attention says
+      "object", GrabCut's under-estimate no longer pulls the pixel to background; ``∂L/∂A = log p_0 ≤ 0``
+      pushes the attention *up* where the segmentation finds no background;
+    * ``gate_object``: ``w = A_{c_k}(x)`` where GrabCut says ``c_k`` — a wrong foreground label is damped
+      where the attention is low;
+    * ``per_box_mean_one``: each box's gated pixels are rescaled to a mean weight of one (the attention
+      redistributes the weight within a box instead of removing it);
+
+    and ``w = 1`` everywhere else. With the background gate alone and ``A ≡ 0`` it is exactly
+    :func:`cross_entropy`; so is any gate with ``per_box_mean_one`` and a uniform ``A``.
 
     Shapes as in :func:`cross_entropy` and :func:`attention_weighted_loss`; the mean is over the
     non-ignored pixels (the weights do not enter the normaliser).
@@ -196,11 +200,9 @@ def gated_cross_entropy(logits: torch.Tensor, target: torch.Tensor, attention: t
         if per_box_mean_one and bool(sel.any()):
             # each box's gated pixels keep a mean weight of one: the attention redistributes, not removes
             k = box_map[sel]
-            n_box = box_classes.numel()
-            sums = torch.zeros(n_box, device=a.device).index_add(0, k, g[sel])
-            cnt = torch.zeros(n_box, device=a.device).index_add(0, k, torch.ones_like(g[sel]))
+            means, _ = _box_means(g[sel], k, box_classes.numel())
             g = g.clone()
-            g[sel] = g[sel] / (sums / cnt.clamp_min(1.0)).clamp_min(_EPS)[k]
+            g[sel] = g[sel] / means.clamp_min(_EPS)[k]
         w = torch.where(sel, g, w)
     return (w * ce)[valid].sum() / valid.sum()
 
@@ -216,12 +218,14 @@ def box_attention_means(attention: torch.Tensor, box_map: torch.Tensor, box_clas
         ``|Ω_k|``.
     """
     _check_maps(attention, box_map, "box_attention_means")
-    n = box_classes.numel()
     inside, cls = _box_class_map(box_map, box_classes)
-    a = _gather_class(attention.float(), cls, offset=1)[inside]
-    k = box_map[inside]
-    sums = torch.zeros(n, device=attention.device, dtype=torch.float32).index_add(0, k, a)
-    counts = torch.zeros(n, device=attention.device, dtype=torch.float32).index_add(0, k, torch.ones_like(a))
+    return _box_means(_gather_class(attention.float(), cls, offset=1)[inside], box_map[inside], box_classes.numel())
+
+
+def _box_means(values: torch.Tensor, box: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(means (n,), counts (n,))`` of ``values`` (M,) grouped by box index ``box`` (M,) (mean 0 for an empty box)."""
+    sums = torch.zeros(n, device=values.device, dtype=torch.float32).index_add(0, box, values.float())
+    counts = torch.zeros(n, device=values.device, dtype=torch.float32).index_add(0, box, torch.ones_like(values, dtype=torch.float32))
     return sums / counts.clamp_min(1.0), counts
 
 

@@ -961,7 +961,7 @@ horse boxes). Absent data are skipped with a message.
 """)
 
 code(r"""
-real = {}
+real, bench_gc_errors = {}, {}
 shared = profiles.shared_data_dir()
 if not REAL_DATA:
     print("REAL_DATA = False: skipped")
@@ -982,7 +982,7 @@ else:
         bench_stats.update(lab, rr["mask"], rr["boxes"])
     real["grabcut_benchmark_error"] = float(np.mean(errs))
     real["grabcut_benchmark_fg_iou"] = float(np.mean(ious))
-    real["grabcut_benchmark_errors"] = bench_stats.summary()
+    bench_gc_errors = bench_stats.summary()
     real["grabcut_benchmark_images_per_second"] = man["images_per_second"]
     print(f"GrabCut benchmark ({len(gc_bench)} photos): mean error rate {real['grabcut_benchmark_error']:.2%}, mean foreground IoU "
           f"{real['grabcut_benchmark_fg_iou']:.3f} (pooled {cm_b.iou()[1]:.3f}); {man['images_per_second']:.2f} photos/s with "
@@ -990,22 +990,20 @@ else:
 """)
 
 code(r"""
-horse = {}
+horse, horse_gc_errors, horse_att_err = {}, {}, {}
 if REAL_DATA and shared is not None and (shared / "weizmann_horse_voc").is_dir():
     hdata = profiles.DataSpec("voc", shared / "weizmann_horse_voc", "train", "val")
     HOUT = OUT / "horses"
     hsd = stage.prepare(cfg, hdata, HOUT, seg=cfg.real.seg, grabcut=cfg.real.grabcut,
                         max_train=cfg.real.horse_max_train, max_val=cfg.real.horse_max_val)
-    hcm = ConfusionMatrix(hsd.base.num_classes + 1)
+    hcm, horse_stats = ConfusionMatrix(hsd.base.num_classes + 1), boxes.GrabCutStats()
     HORSE = hsd.base.class_names.index("horse")
     for i in range(len(hsd.base)):
         rr = hsd.base.get_raw(i)
-        hcm.update(read_label_png(hsd.gc_dir / f"{rr['id']}.png"), rr["mask"])
+        lab = read_label_png(hsd.gc_dir / f"{rr['id']}.png")
+        hcm.update(lab, rr["mask"])
+        horse_stats.update(lab, rr["mask"], rr["boxes"])
     horse["grabcut_train_fg_iou"] = float(hcm.iou()[HORSE])
-    horse_stats = boxes.GrabCutStats()
-    for i in range(len(hsd.base)):
-        rr = hsd.base.get_raw(i)
-        horse_stats.update(read_label_png(hsd.gc_dir / f"{rr['id']}.png"), rr["mask"], rr["boxes"])
     horse_gc_errors = horse_stats.summary()
     print(f"horses: GrabCut on {len(hsd.base)} training photos in {hsd.gc_manifest['seconds']:.0f} s "
           f"({hsd.gc_manifest['images_per_second']:.2f} photos/s), foreground IoU {horse['grabcut_train_fg_iou']:.3f}")
@@ -1052,9 +1050,9 @@ object pixels, and how much background a box holds per object pixel.
 
 code(r"""
 profile_rows = [("toy scenes (train)", gs)]
-if "grabcut_benchmark_errors" in real:
-    profile_rows.append(("GrabCut benchmark (50 photos)", real["grabcut_benchmark_errors"]))
-if horse:
+if bench_gc_errors:
+    profile_rows.append(("GrabCut benchmark (50 photos)", bench_gc_errors))
+if horse_gc_errors:
     profile_rows.append(("Weizmann horses (train)", horse_gc_errors))
 lines = ["| GrabCut from tight boxes | object pixels missed | box background taken (per object pixel) | box background per object pixel | taken ÷ missed |",
          "|---|---:|---:|---:|---:|"]
@@ -1098,20 +1096,15 @@ if "full_ce" in missing_rows:
     metrics["missing_share"] = cfg.missing_share
     metrics["full_ce_erased_recall"] = missing_rows["full_ce"]["erased_recall"]
     metrics["full_awl_erased_recall"] = missing_rows["full_awl"]["erased_recall"]
-metrics.update({k: v for k, v in real.items() if k != "grabcut_benchmark_errors"})
-if "grabcut_benchmark_errors" in real:
-    metrics["grabcut_benchmark_miss_rate"] = real["grabcut_benchmark_errors"]["miss_rate"]
-    metrics["grabcut_benchmark_take_share"] = real["grabcut_benchmark_errors"]["take_share"]
+metrics.update(real)
 for k, v in horse.items():
     metrics[f"horse_{k}" if k == "grabcut_train_fg_iou" else f"horse_{k}_fg_iou"] = v
-if horse:
-    for k, v in (horse_att_err if "box2seg" in hres else {}).items():
-        metrics[f"horse_attention_{k}"] = v["attention"]
-    metrics["horse_grabcut_miss_rate"] = horse_gc_errors["miss_rate"]
-    metrics["horse_grabcut_take_share"] = horse_gc_errors["take_share"]
 metrics["grabcut_take_share"] = gs["take_share"]
-for k, v in att_err.items():
-    metrics[f"attention_{k}"] = v["attention"]
+for prefix, errs_ in (("grabcut_benchmark_", bench_gc_errors), ("horse_grabcut_", horse_gc_errors)):
+    if errs_:
+        metrics[f"{prefix}miss_rate"], metrics[f"{prefix}take_share"] = errs_["miss_rate"], errs_["take_share"]
+for prefix, att_ in (("attention_", att_err), ("horse_attention_", horse_att_err)):
+    metrics.update({f"{prefix}{k}": v["attention"] for k, v in att_.items()})
 write_metrics(OUT / "metrics.json", metrics)
 print(f"written {rel(OUT / 'metrics.json')}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                                                              if isinstance(v, float) and k.endswith(("miou", "fg_iou", "error"))))

@@ -593,6 +593,9 @@ def make_step(loss: LossConfig, seg: SegConfig, phase: _Phase | None = None):
     return step
 
 
+_LATE_LOSS_FIELDS = ("rho", "gate", "gate_detach", "gate_renorm", "gate_start_epoch")
+"""LossConfig fields added after checkpoints had been made; see :func:`checkpoint_dir_for`."""
+
 _RUN_FREE = ("device", "progress", "num_workers", "checkpoint_dir", "resume", "desc")
 
 
@@ -612,11 +615,10 @@ def checkpoint_dir_for(name: str, target: str, loss: LossConfig, seg: SegConfig,
     """``out_dir/segmenters/<name>-e<epochs>-seed<seed>-<fingerprint>``; the fingerprint covers the
     network, augmentation, schedule, target kind, loss and ``extra`` (data, GrabCut config, removed objects)."""
     loss_d = dataclasses.asdict(loss)
-    if loss_d.get("rho") == "box":
-        del loss_d["rho"]  # the default is left out: fingerprints stay those of runs made before the field existed
-    for k, default in (("gate", "off"), ("gate_detach", False), ("gate_renorm", False), ("gate_start_epoch", 0)):
-        if loss_d.get(k) == default:
-            del loss_d[k]  # likewise
+    defaults = {f.name: f.default for f in dataclasses.fields(LossConfig)}
+    for k in _LATE_LOSS_FIELDS:  # at their defaults they are left out: fingerprints stay those of earlier runs
+        if loss_d.get(k) == defaults[k]:
+            del loss_d[k]
     ident = {"target": target, "loss": loss_d,
              "seg": {k: v for k, v in seg.to_dict().items() if k not in ("eval_batch_size", "cache_images", "eval_long_side")},
              "extra": extra or {}}
