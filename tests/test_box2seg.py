@@ -470,6 +470,28 @@ def test_config_for_profile():
         S.config_for_profile("huge")
     with pytest.raises(ValueError):
         S.setting("nope", t)
+    # §7.6's photo-like scenes: toy profiles only, settings that exist, valid generator fields
+    from wsss_core.data.toyscenes import config_for_profile as toy_config
+    for p in ("smoke", "tutorial"):
+        cfg = S.config_for_profile(p)
+        assert toy_config(p, **cfg.photo_like).p_legged > 0
+        for name in cfg.photo_like_settings:
+            S.setting(name, cfg)
+    assert S.config_for_profile("paper").photo_like == {}
+
+
+def test_prepare_data_with_toy_overrides(tmp_path, monkeypatch):
+    from wsss_core import profiles
+
+    monkeypatch.setenv("WSSS_DATA", str(tmp_path))
+    monkeypatch.setitem(__import__("wsss_core.data.toyscenes", fromlist=["PROFILES"]).PROFILES, "smoke", dict(n_train=3, n_val=2))
+    d = profiles.prepare_data("smoke", progress=False, toy_overrides={"p_legged": 1.0, "p_shadow": 0.5})
+    assert d.root == tmp_path / "toy" / "smoke-p_legged1-p_shadow0.5"
+    assert d.manifest["config"]["p_legged"] == 1.0 and d.manifest["config"]["p_shadow"] == 0.5
+    plain = profiles.prepare_data("smoke", progress=False)
+    assert plain.root == tmp_path / "toy" / "smoke" and "p_legged" not in plain.manifest["config"]
+    with pytest.raises(ValueError, match="toy_overrides apply to the toy scenes"):
+        profiles.prepare_data("paper", tmp_path, toy_overrides={"p_legged": 1.0})
 
 
 def test_attention_by_grabcut_error_by_hand(tmp_path, monkeypatch):

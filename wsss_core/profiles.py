@@ -67,21 +67,29 @@ class DataSpec:
     manifest: dict | None = None
 
 
-def prepare_data(profile: str, data_root: str | os.PathLike | None = None, progress: bool = True) -> DataSpec:
+def prepare_data(profile: str, data_root: str | os.PathLike | None = None, progress: bool = True,
+                 toy_overrides: dict | None = None) -> DataSpec:
     """Make sure the profile's dataset exists and describe it.
 
     ``smoke`` / ``tutorial``: the toy scenes under ``data_root`` (default ``<data>/toy/<profile>``),
-    generated on first use (seconds). ``paper``: PASCAL VOC 2012 with SBD's train_aug under
+    generated on first use (seconds). ``toy_overrides`` changes fields of the profile's
+    :class:`~wsss_core.data.toyscenes.ToySceneConfig` (e.g. ``{"p_legged": 0.8}``, notebook 04's
+    photo-like boxes); such a variant lives next to the profile's tree by default
+    (``<data>/toy/<profile>-p_legged0.8``). ``paper``: PASCAL VOC 2012 with SBD's train_aug under
     ``data_root`` (default ``<data>/VOCdevkit/VOC2012``); nothing is downloaded — a clear error says
     where to put it (see the README section "Run it on PASCAL VOC on a GPU").
     """
     _check(profile)
     if profile in ("smoke", "tutorial"):
-        from .data.toyscenes import context_pairs, ensure_toyscenes
+        from .data.toyscenes import config_for_profile, context_pairs, ensure_toyscenes
 
-        root = Path(data_root) if data_root else default_data_dir() / "toy" / profile
-        man = ensure_toyscenes(root, profile, progress=progress)
+        over = dict(toy_overrides or {})
+        name = profile + "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}" for k, v in sorted(over.items()))
+        root = Path(data_root) if data_root else default_data_dir() / "toy" / name
+        man = ensure_toyscenes(root, config_for_profile(profile, **over), progress=progress)
         return DataSpec("toy", root, context_pairs=context_pairs(man), manifest=man)
+    if toy_overrides:
+        raise ValueError(f"toy_overrides apply to the toy scenes (smoke / tutorial), not to profile {profile!r}")
     root = Path(data_root) if data_root else default_data_dir() / "VOCdevkit" / "VOC2012"
     aug = root / "SegmentationClassAug"
     lists = root / "ImageSets" / "Segmentation"

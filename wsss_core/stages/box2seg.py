@@ -207,6 +207,10 @@ class Box2SegStageConfig(StageConfig):
     settings : the settings to run (see the module docstring; ``box2seg_no_awl`` and ``mask_ce`` exist but are
         left out of the presets to keep the notebook's training time down).
     real : the real-photo part.
+    photo_like : :class:`~wsss_core.data.toyscenes.ToySceneConfig` overrides of notebook 04's §7.6 —
+        toy scenes whose boxes hold background as on photos (legged bodies, cast shadows), so GrabCut takes
+        box background about as often as on the GrabCut benchmark; empty = no such run (paper profile).
+    photo_like_settings : the settings trained on them (same network, schedule and backbone as the rest).
     profile : the profile the preset came from (:func:`config_for_profile`); :func:`run` uses it to find
         notebook 01's CAM classifier config (``profiles.cam_config(profile)``) when ``seg.backbone_init``
         is ``"cam_classifier"``. It does not enter any fingerprint.
@@ -222,6 +226,8 @@ class Box2SegStageConfig(StageConfig):
     settings: tuple = ("box_ce", "grabcut_ce", "box2seg", "box2seg_no_fill", "box2seg_no_emb", "box2seg_class_rho",
                        "full_ce", "full_awl")
     real: RealDataConfig = field(default_factory=RealDataConfig)
+    photo_like: dict = field(default_factory=lambda: {"p_legged": 0.8, "p_shadow": 0.8})
+    photo_like_settings: tuple = ("grabcut_ce", "box2seg")
     profile: str | None = None
 
 
@@ -287,7 +293,7 @@ def config_for_profile(profile: str) -> Box2SegStageConfig:
     return Box2SegStageConfig(seg=seg, box2seg=LossConfig(awl_weight=1.0, fill_weight=1.0, emb_weight=0.1,
                                                           emb_pretrain_epochs=5, emb_radius=5.0),
                               missing_share=0.1, settings=("box_ce", "grabcut_ce", "box2seg"), real=RealDataConfig(),
-                              profile=profile)
+                              photo_like={}, profile=profile)
 
 
 # ------------------------------------------------------------------------------------------------
