@@ -63,3 +63,14 @@ def test_notebook_is_clean_and_parameterised(path):
     assert code.index(tagged[0]) <= 1, "the parameters cell comes first (after at most one setup cell)"
     src = "".join("".join(c["source"]) for c in nb["cells"])
     assert not re.search(r"[\"'](/work|/home|/tmp|/Users|[A-Z]:\\)", src), "absolute path in a notebook"
+
+
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_papermill_sees_every_parameter(path):
+    """papermill's parameter inspection (``papermill --help-notebook``, regression jobs that list the
+    parameters) drops a line it cannot parse — e.g. one with ``=`` in its comment — with only a warning."""
+    papermill = pytest.importorskip("papermill")
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", "".join(cell["source"]), flags=re.M)
+    assert list(papermill.inspect_notebook(str(path))) == names

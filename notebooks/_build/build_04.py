@@ -48,7 +48,8 @@ reconstruction* from the authors' own description (their blog and abstract; see
 schedule with filled boxes, with GrabCut labels, and with Box2Seg's losses (and without each of its
 terms), and look at the learned attention and embeddings. The authors also report that the same loss
 helps **fully supervised** training when some objects are missing from the masks but all boxes are
-present (§7.4); and §7.5 repeats the key comparison on two small sets of real photos.
+present (§7.4); §7.5 repeats the key comparison on two small sets of real photos, and §7.6 on toy scenes
+redrawn so that GrabCut errs as it does on photos.
 
 *How to use it:* run top to bottom. With `PROFILE = "tutorial"` the first run makes GrabCut labels and
 trains several small networks on a CPU (§10 prints how long it took here); everything is stored under
@@ -81,7 +82,7 @@ COMPARE_INIT = True         # §7.3: also train GrabCut + CE and Box2Seg from a 
 SEED_CHECK = True           # §7.3: retrain GrabCut + CE and the Box2Seg variants with seed SEED + 1 (3 more trainings)
 N_SHOW = 5                  # images in the example figures
 N_ATTENTION_IMAGES = 300    # §6.2: training images over which the attention is measured against GrabCut's errors
-LONG_SCHEDULE = 3           # §7.3: also train GrabCut + CE and Box2Seg for 3× the epochs (2 more trainings; 0 = skip)
+LONG_SCHEDULE = 3           # §7.3: also train GrabCut + CE and Box2Seg for 3 times the epochs (2 more trainings; 0 skips it)
 PHOTO_LIKE = True           # §7.6: the same comparison on toy scenes whose boxes hold background as on photos (2 more trainings)
 """, tags=["parameters"])
 
@@ -911,44 +912,57 @@ else:
 """)
 
 md(r"""
-**Is the schedule long enough?** Every setting trains for the same few epochs, chosen so that the
+**Is the schedule long enough?** Every setting above trains for the same few epochs, chosen so that the
 notebook runs in minutes. Learning from noisy labels has two phases: a network first fits what the
-labels agree on, and only later memorises their mistakes. A short schedule compares the methods in the
-first phase. The same two settings trained for `LONG_SCHEDULE`× the epochs (same seed; one-cycle schedule
-stretched to the new length) show whether the comparison changes when the networks are trained to the end.
+labels agree on, and only later memorises their mistakes; a short schedule compares the methods in the
+first phase only. GrabCut + CE and the two Box2Seg variants trained for `LONG_SCHEDULE` times the epochs
+(the one-cycle schedule stretched to the new length; with `SEED_CHECK` both seeds) show whether the
+comparison changes when the networks are trained to the end.
 """)
 
 code(r"""
-long_rows = {}
+long_rows, long_seed_rows = {}, {}
+LONG_SETTINGS = [n for n in ("grabcut_ce", "box2seg", "box2seg_class_rho") if n in results]
 if LONG_SCHEDULE and LONG_SCHEDULE > 1 and {"grabcut_ce", "box2seg"} <= set(results):
     long_epochs = int(round(cfg.seg.train.epochs * LONG_SCHEDULE))
     cfg_l = cfg.replace(seg=cfg.seg.replace(train=cfg.seg.train.replace(epochs=long_epochs)))
-    for n in ("grabcut_ce", "box2seg"):
-        r_ = stage.run_setting(n, cfg_l, sd, OUT)
-        long_rows[n] = r_
-        print(f"{n}, {long_epochs} epochs: {'reused' if r_.reused else 'trained'} ({r_.train_seconds:.0f} s) → "
-              f"validation mIoU {r_.val['miou']:.3f}   [{rel(r_.checkpoint_dir)}]")
-    lines = ["| epochs | GrabCut + CE | Box2Seg | Box2Seg − GrabCut + CE | fg precision (GC + CE / Box2Seg) | fg recall (GC + CE / Box2Seg) |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for ep, a, b in ((cfg.seg.train.epochs, results["grabcut_ce"].val, results["box2seg"].val),
-                     (long_epochs, long_rows["grabcut_ce"].val, long_rows["box2seg"].val)):
-        lines.append(f"| {ep} | {a['miou']:.3f} | {b['miou']:.3f} | **{b['miou'] - a['miou']:+.3f}** | "
-                     f"{a['fg_precision']:.3f} / {b['fg_precision']:.3f} | {a['fg_recall']:.3f} / {b['fg_recall']:.3f} |")
+    long_seeds = [SEED, SEED + 1] if SEED_CHECK else [SEED]
+    for seed_ in long_seeds:
+        cfg_ls = cfg_l.replace(seg=cfg_l.seg.replace(train=cfg_l.seg.train.replace(seed=seed_)))
+        for n in LONG_SETTINGS:
+            r_ = stage.run_setting(n, cfg_ls, sd, OUT)
+            (long_rows if seed_ == SEED else long_seed_rows)[n] = r_
+            print(f"{n}, {long_epochs} epochs, seed {seed_}: {'reused' if r_.reused else 'trained'} ({r_.train_seconds:.0f} s) → "
+                  f"validation mIoU {r_.val['miou']:.3f}   [{rel(r_.checkpoint_dir)}]")
+    head = f"| setting | {cfg.seg.train.epochs} epochs, seed {SEED} | {long_epochs} epochs, seed {SEED} |"
+    head += f" {long_epochs} epochs, seed {SEED + 1} | {long_epochs} epochs, mean | mean − GrabCut + CE | fg precision / recall ({long_epochs} ep., seed {SEED}) |" if long_seed_rows else " − GrabCut + CE | fg precision / recall |"
+    lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
+    ref_ = np.mean([r_["grabcut_ce"].val["miou"] for r_ in (long_rows, long_seed_rows) if r_])
+    for n in LONG_SETTINGS:
+        a, b = results[n].val["miou"], long_rows[n].val
+        pr = f"{b['fg_precision']:.3f} / {b['fg_recall']:.3f}"
+        if long_seed_rows:
+            c = long_seed_rows[n].val["miou"]
+            mean_ = (b["miou"] + c) / 2
+            delta = "" if n == "grabcut_ce" else f"{mean_ - ref_:+.3f}"
+            lines.append(f"| {DESCR[n]} | {a:.3f} | {b['miou']:.3f} | {c:.3f} | **{mean_:.3f}** | {delta} | {pr} |")
+        else:
+            delta = "" if n == "grabcut_ce" else f"{b['miou'] - ref_:+.3f}"
+            lines.append(f"| {DESCR[n]} | {a:.3f} | **{b['miou']:.3f}** | {delta} | {pr} |")
     display(Markdown("\n".join(lines)))
     fig = Figure(figsize=(9, 3), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     for j, (n, r_) in enumerate(long_rows.items()):
         y = r_.history.series("ce", "epochs")[1]
         ax1.plot(np.arange(1, len(y) + 1), y, "o-", ms=3, color=f"C{j}", label=DESCR[n])
+        if n != "grabcut_ce":
+            y = r_.history.series("att_mean", "epochs")[1]
+            ax2.plot(np.arange(1, len(y) + 1), y, "o-", ms=3, color=f"C{j}", label=DESCR[n])
     ax1.set(xlabel="epoch", ylabel="B1: cross-entropy on GrabCut's labels", title=f"{long_epochs} epochs: fitting GrabCut's labels")
-    ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=7)
-    if "box2seg" in long_rows:
-        y = long_rows["box2seg"].history.series("att_mean", "epochs")[1]
-        ax2.plot(np.arange(1, len(y) + 1), y, "o-", ms=3, color="tab:purple", label="mean attention of a box's class")
-        ax2.set(xlabel="epoch", ylim=(0, 1), title="Box2Seg's attention in boxes")
-        ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=7)
+    ax2.set(xlabel="epoch", ylim=(0, 1), ylabel="mean attention of a box's class", title="the attention in boxes")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.savefig(OUT / "long_schedule.png")
     display(fig)
 elif not LONG_SCHEDULE or LONG_SCHEDULE <= 1:
@@ -1177,6 +1191,13 @@ else:
     display(fig)
 """)
 
+md(r"""
+How to read this. The first table says whether the change of scenes did what it was for: GrabCut now
+takes box background several times more often, as on the photos, while still missing the camouflaged
+bodies. If Box2Seg's attention-weighted loss pays off where GrabCut's foreground labels are wrong, the
+second table is where it should show. §8 discusses the outcome.
+""")
+
 code(r"""
 def g(d, k):
     v = d.get(k, math.nan) if d else math.nan
@@ -1209,6 +1230,9 @@ if long_rows:
     metrics["long_epochs"] = int(round(cfg.seg.train.epochs * LONG_SCHEDULE))
     for n, r_ in long_rows.items():
         metrics[f"seg_{n}_long_miou"] = r_.val["miou"]
+    for n, r_ in long_seed_rows.items():
+        metrics[f"seg_{n}_long_seed{SEED + 1}_miou"] = r_.val["miou"]
+        metrics[f"seg_{n}_long_two_seed_mean_miou"] = (long_rows[n].val["miou"] + r_.val["miou"]) / 2
 if "full_ce" in missing_rows:
     metrics["missing_share"] = cfg.missing_share
     metrics["full_ce_erased_recall"] = missing_rows["full_ce"]["erased_recall"]
@@ -1356,6 +1380,43 @@ These rows are not rerun by this notebook (about 4 minutes of training each); ea
 What the paper does to keep its attention from collapsing we could not check (no code, no paper body).
 """)
 
+md(r"""
+### What changes the verdict: train to the end, and do not trust a collapsed GrabCut
+
+Two explanations were left after the above, and each has a test:
+
+* *"Our scenes hand Box2Seg the wrong kind of noise."* §7.6 redraws them so that GrabCut takes box
+  background about as often as on the photos. Box2Seg as described still trails GrabCut + CE there, with
+  the same signature: more recall, less precision. The kind of noise is not the reason.
+* *"The short schedule compares the methods before they have learned what the labels can teach."*
+  §7.3's longer schedule: both networks gain about 0.05 mIoU (the 8-epoch preset is far from converged).
+  Box2Seg as described only draws level with GrabCut + CE — but **Box2Seg with the per-class filling
+  rate now beats it on both seeds**, by about 0.02 mIoU, mostly through recall (the camouflaged bodies
+  whose GrabCut $\rho$ collapsed get box votes for the class's usual share of the box).
+
+Development runs with the same stage code (`stage.run_setting`, tutorial preset, validation mIoU; seed
+0 / seed 1). The notebook reruns the rows marked ✓ from its own checkpoints (§7.2, §7.3, §7.6):
+
+| run | GrabCut + CE | Box2Seg | Box2Seg, per-class ρ (ours) |
+|---|---:|---:|---:|
+| 8 epochs (the preset) ✓ | 0.819 / 0.808 | 0.803 / 0.806 | 0.813 / 0.817 |
+| 24 epochs (`LONG_SCHEDULE = 3`) ✓ | 0.869 / 0.868 | 0.871 / 0.864 | **0.891 / 0.885** |
+| 48 epochs | 0.877 / – | 0.874 / – | – |
+| 8 epochs, losses at full resolution (`SegConfig(loss_stride=1)`) | 0.813 / – | 0.809 / – | – |
+| photo-like scenes, 8 epochs ✓ (seed 0) | 0.732 | 0.714 | – |
+| photo-like scenes, 24 epochs | 0.760 / – | 0.753 / – | **0.785** / – |
+| photo-like scenes, 8 epochs, backbone of a classifier trained on them | 0.727 / 0.723 | 0.718 / 0.711 | – |
+| Weizmann horses (30 epochs, val horse IoU) | 0.657 / 0.648 | 0.640 / 0.636 | 0.634 / – |
+
+Reading it: in our reconstruction the attention-weighted box votes buy recall with precision about one
+for one (at 48 epochs fg precision / recall 0.960 / 0.893 for GrabCut + CE, 0.948 / 0.901 for Box2Seg),
+*unless* the attention is held to a filling rate that does not inherit GrabCut's collapses; then, trained
+long enough, the recall gain is larger than the precision loss (24 epochs, seed 0: precision 0.956 → 0.947,
+recall 0.886 → 0.922). On the horses — one class, so the per-class $\rho$ is just the mean over all
+boxes, and GrabCut's dominant error there is *taking* background, which a per-class $\rho$ does not
+address — it does not help (§7.5). The (B1′) gates above remain unstable.
+""")
+
 # =====================================================================================================
 # 9 Exercises
 # =====================================================================================================
@@ -1453,6 +1514,10 @@ md(r"""
   so it cannot overrule them; letting the attention gate GrabCut's labels collapsed every way we tried
   (§8). On our scenes GrabCut mostly *misses* object; on photos it mostly *takes* background (§7.5), the
   error the attention is built for — yet on the horses Box2Seg does not win either.
+* Train to the end before comparing: with 3× the epochs both networks gain about 0.05 mIoU; Box2Seg as
+  described then ties with GrabCut + CE, and **Box2Seg with a per-class filling rate (our change, BCM's
+  idea) beats it by about 0.02 mIoU on both seeds** — on our scenes and on scenes redrawn so that GrabCut
+  errs as on photos (§7.3, §7.6, §8). Not on the horses (§7.5).
 * Check a gap against the seed before believing it: on this preset a second seed, or another thread
   count on the same seed, moves a setting by about ±0.01 mIoU, and the runs from a random backbone by
   far more (two runs of this notebook, same seed, other CPU load: GrabCut + CE 0.51 and 0.70, Box2Seg 0.73
@@ -1495,6 +1560,13 @@ if {"grabcut_ce", "box2seg"} <= set(results):
     if seed_rows:
         text += (f". Averaged over seeds {SEED} and {SEED + 1}: " + ", ".join(
             f"{DESCR[n]} {np.mean(v):.3f}" for n, v in seed_rows.items()) + " (§7.3)")
+    if long_rows:
+        seeds_ = f"mean of seeds {SEED} and {SEED + 1}" if long_seed_rows else f"seed {SEED}"
+        text += f". With {metrics['long_epochs']} epochs ({seeds_}): " + ", ".join(
+            f"{DESCR[n]} {np.mean([r_[n].val['miou'] for r_ in (long_rows, long_seed_rows) if r_]):.3f}" for n in long_rows) + " (§7.3)"
+    if {"grabcut_ce", "box2seg"} <= set(photo_res):
+        text += (f". On the photo-like scenes: GrabCut + CE {photo_res['grabcut_ce'].val['miou']:.3f}, "
+                 f"Box2Seg {photo_res['box2seg'].val['miou']:.3f} (§7.6)")
     display(Markdown(text + "."))
 print(f"ours: {len(sd.base)} training / {len(sd.val)} validation scenes of {train_raw.get_raw(0)['mask'].shape[0]} px, "
       f"{C + 1} classes; networks of {sum(p.numel() for p in results[RUN[0]].model.parameters()) / 1e6:.2f} M parameters "
