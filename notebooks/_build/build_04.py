@@ -1146,10 +1146,9 @@ else:
     pdata = profiles.prepare_data(PROFILE, toy_overrides=cfg.photo_like)
     POUT = OUT / "photo_like"
     psd = stage.prepare(cfg, pdata, POUT, backbone=backbone)
-    praw = VOCLayoutDataset(pdata.root, pdata.train_split, saliency_dir=None, cache=True)
     pcm_gc, pcm_box, pstats = ConfusionMatrix(C + 1), ConfusionMatrix(C + 1), boxes.GrabCutStats()
-    for i in range(len(praw)):
-        r = praw.get_raw(i)
+    for i in range(len(psd.base)):
+        r = psd.base.get_raw(i)
         lab = read_label_png(psd.gc_dir / f"{r['id']}.png")
         pcm_gc.update(lab, r["mask"])
         pcm_box.update(boxes.filled_box_labels(r["boxes"], r["box_labels"], r["mask"].shape), r["mask"])

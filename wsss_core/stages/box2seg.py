@@ -262,8 +262,11 @@ def config_for_profile(profile: str) -> Box2SegStageConfig:
       horse photos for one epoch — proves the code path in seconds; its numbers mean nothing.
     * ``tutorial``: CompactCNN (width 32, stride 8) started from notebook 01's CAM classifier + FPN/PPM
       decoder at stride 4, 32 channels, trained for 8 epochs (Adam, one-cycle, lr 3e-3, batch 16) on the 1 000 toy training scenes; the
-      same seed and schedule for every setting. Horses: 30 epochs on crops of 144 px (photos resized to a
-      longer side of 128–192 px; inference at 160 px, scored at full size).
+      same seed and schedule for every setting. 8 epochs keep the notebook in minutes but are far from
+      converged: at 24 epochs every setting gains ≈ 0.05 mIoU, and only then does Box2Seg with
+      ``rho="class_mean"`` beat GrabCut + CE (notebook 04 §7.3, ``LONG_SCHEDULE``). Horses: 30 epochs on
+      crops of 144 px (photos resized to a longer side of 128–192 px; inference at 160 px, scored at full
+      size). Photo-like scenes (§7.6): ``photo_like = {"p_legged": 0.8, "p_shadow": 0.8}``.
     * ``paper``: what Box2Seg reports using — UPerNet-style decoder on ResNet-101 (ImageNet) at
       stride 4, VOC 2012 train_aug with GrabCut labels. The paper's optimisation hyper-parameters
       were not available to us: we use DeepLab's (SGD momentum 0.9, lr 0.01, poly 0.9, wd 1e-4,
