@@ -82,7 +82,7 @@ COMPARE_INIT = True         # §7.3: also train GrabCut + CE and Box2Seg from a 
 SEED_CHECK = True           # §7.3: retrain GrabCut + CE and the Box2Seg variants with seed SEED + 1 (3 more trainings)
 N_SHOW = 5                  # images in the example figures
 N_ATTENTION_IMAGES = 300    # §6.2: training images over which the attention is measured against GrabCut's errors
-LONG_SCHEDULE = 3           # §7.3: also train GrabCut + CE and Box2Seg for 3 times the epochs (2 more trainings; 0 skips it)
+LONG_SCHEDULE = 3           # §7.3: also train GrabCut + CE and both Box2Seg variants for 3 times the epochs (3 trainings, 6 with SEED_CHECK; 0 skips it)
 PHOTO_LIKE = True           # §7.6: the same comparison on toy scenes whose boxes hold background as on photos (2 more trainings)
 """, tags=["parameters"])
 
@@ -646,22 +646,25 @@ heads are not used at test time).
 
 code(r"""
 val_show = sorted(int(i) for i in rng.choice(len(sd.val), size=min(N_SHOW, len(sd.val)), replace=False))
-preds = {}
-for name, res in results.items():
-    preds[name] = {i: stage.predict_maps(res.model, sd.val[i]["image"][None])["prob"][0].argmax(0).numpy() for i in val_show}
+
+
+def prediction_grid(dataset, indices, models, long_side=None, n_classes=None, size=1.8):
+    "One row per image: the image, its true mask and each model's prediction (with n_classes: the image's mIoU in the title)."
+    cells, titles = [], []
+    for i in indices:
+        r = dataset.get_raw(int(i))
+        row, t = [r["image"], viz.overlay(r["image"], r["mask"])], [r["id"], "true mask"]
+        for n, model in models.items():
+            p = stage.predict_maps(model, dataset[int(i)]["image"][None], long_side)["prob"][0].argmax(0).numpy()
+            row.append(viz.overlay(r["image"], p))
+            t.append(n if n_classes is None else f"{n}\nimage mIoU {ConfusionMatrix(n_classes).update(p, r['mask']).miou():.2f}")
+        cells.append(row)
+        titles.append(t)
+    return viz.image_grid(cells, titles=titles, size=size)
+
+
 cols = [n for n in ("box_ce", "grabcut_ce", "box2seg", "full_ce", "full_awl") if n in results]
-cells, titles = [], []
-for i in val_show:
-    r = sd.val.get_raw(i)
-    row = [r["image"], viz.overlay(r["image"], r["mask"])]
-    t = [r["id"], "true mask"]
-    for n in cols:
-        p = preds[n][i]
-        row.append(viz.overlay(r["image"], p))
-        t.append(f"{n}\nimage mIoU {ConfusionMatrix(C + 1).update(p, r['mask']).miou():.2f}")
-    cells.append(row)
-    titles.append(t)
-fig = viz.image_grid(cells, titles=titles, size=1.8)
+fig = prediction_grid(sd.val, val_show, {n: results[n].model for n in cols}, n_classes=C + 1)
 viz.class_legend(fig, NAMES, ignore=True)
 fig.savefig(OUT / "predictions.png")
 display(fig)
@@ -1085,19 +1088,8 @@ if REAL_DATA and shared is not None and (shared / "weizmann_horse_voc").is_dir()
                                                         long_side=cfg.real.seg.eval_long_side)
         print("horses, Box2Seg's attention on GrabCut's box pixels (train): " + ", ".join(
             f"{k.replace('_', ' ')} {v['attention']:.2f}" for k, v in horse_att_err.items()))
-    hval = hsd.val
-    hshow = list(range(min(4, len(hval))))
-    cells, titles = [], []
-    for i in hshow:
-        rr = hval.get_raw(i)
-        row, t = [rr["image"], viz.overlay(rr["image"], rr["mask"])], [rr["id"], "true mask"]
-        for n, res in hres.items():
-            p = stage.predict_maps(res.model, hval[i]["image"][None], cfg.real.seg.eval_long_side)["prob"][0].argmax(0).numpy()
-            row.append(viz.overlay(rr["image"], p))
-            t.append(n)
-        cells.append(row)
-        titles.append(t)
-    fig = viz.image_grid(cells, titles=titles, size=1.9)
+    fig = prediction_grid(hsd.val, range(min(4, len(hsd.val))), {n: r_.model for n, r_ in hres.items()},
+                          long_side=cfg.real.seg.eval_long_side, size=1.9)
     fig.savefig(OUT / "horses.png")
     display(fig)
 elif REAL_DATA:
@@ -1112,17 +1104,22 @@ object pixels, and how much background a box holds per object pixel.
 """)
 
 code(r"""
+def error_profile_table(rows):
+    "GrabCut's error profile per data set, as a Markdown table; rows: (name, boxes.GrabCutStats().summary())."
+    lines = ["| GrabCut from tight boxes | object pixels missed | box background taken (per object pixel) | box background per object pixel | taken ÷ missed |",
+             "|---|---:|---:|---:|---:|"]
+    for name_, st_ in rows:
+        lines.append(f"| {name_} | {st_['miss_rate']:.3f} | {st_['take_share']:.3f} | {st_['box_background'] / max(st_['object'], 1):.2f} | "
+                     f"**{st_['take_share'] / max(st_['miss_rate'], 1e-9):.2f}** |")
+    return Markdown("\n".join(lines))
+
+
 profile_rows = [("toy scenes (train)", gs)]
 if bench_gc_errors:
     profile_rows.append(("GrabCut benchmark (50 photos)", bench_gc_errors))
 if horse_gc_errors:
     profile_rows.append(("Weizmann horses (train)", horse_gc_errors))
-lines = ["| GrabCut from tight boxes | object pixels missed | box background taken (per object pixel) | box background per object pixel | taken ÷ missed |",
-         "|---|---:|---:|---:|---:|"]
-for name_, st_ in profile_rows:
-    bg_per_obj = st_["box_background"] / max(st_["object"], 1)
-    lines.append(f"| {name_} | {st_['miss_rate']:.3f} | {st_['take_share']:.3f} | {bg_per_obj:.2f} | **{st_['take_share'] / max(st_['miss_rate'], 1e-9):.2f}** |")
-display(Markdown("\n".join(lines)))
+display(error_profile_table(profile_rows))
 if len(profile_rows) == 1:
     print("the photos were not found: only the toy scenes' profile")
 """)
@@ -1156,13 +1153,7 @@ else:
     photo_gs = pstats.summary()
     photo.update(box_miou=pcm_box.miou(), grabcut_miou=pcm_gc.miou(),
                  grabcut_miss_rate=photo_gs["miss_rate"], grabcut_take_share=photo_gs["take_share"])
-    rows_ = profile_rows[:1] + [("photo-like toy scenes (train)", photo_gs)] + profile_rows[1:]
-    lines = ["| GrabCut from tight boxes | object pixels missed | box background taken (per object pixel) | box background per object pixel | taken ÷ missed |",
-             "|---|---:|---:|---:|---:|"]
-    for name_, st_ in rows_:
-        lines.append(f"| {name_} | {st_['miss_rate']:.3f} | {st_['take_share']:.3f} | {st_['box_background'] / max(st_['object'], 1):.2f} | "
-                     f"**{st_['take_share'] / max(st_['miss_rate'], 1e-9):.2f}** |")
-    display(Markdown("\n".join(lines)))
+    display(error_profile_table(profile_rows[:1] + [("photo-like toy scenes (train)", photo_gs)] + profile_rows[1:]))
     print(f"photo-like scenes: filled boxes mIoU {photo['box_miou']:.3f}, GrabCut {photo['grabcut_miou']:.3f} "
           f"(the plain scenes: {box_miou:.3f} / {grabcut_miou:.3f})")
     for name in cfg.photo_like_settings:
@@ -1174,18 +1165,8 @@ else:
     lines += [f"| {DESCR[n]} | **{r.val['miou']:.3f}** | {r.val['fg_precision']:.3f} | {r.val['fg_recall']:.3f} | {r.val['miou'] - ref_:+.3f} |"
               for n, r in photo_res.items()]
     display(Markdown("\n".join(lines)))
-    pval = psd.val
-    cells, titles = [], []
-    for i in rng.choice(len(pval), size=min(N_SHOW, len(pval)), replace=False):
-        rr = pval.get_raw(int(i))
-        row, t = [rr["image"], viz.overlay(rr["image"], rr["mask"])], [rr["id"], "true mask"]
-        for n, res in photo_res.items():
-            p = stage.predict_maps(res.model, pval[int(i)]["image"][None])["prob"][0].argmax(0).numpy()
-            row.append(viz.overlay(rr["image"], p))
-            t.append(n)
-        cells.append(row)
-        titles.append(t)
-    fig = viz.image_grid(cells, titles=titles, size=1.9)
+    fig = prediction_grid(psd.val, rng.choice(len(psd.val), size=min(N_SHOW, len(psd.val)), replace=False),
+                          {n: r_.model for n, r_ in photo_res.items()}, size=1.9)
     fig.savefig(OUT / "photo_like.png")
     display(fig)
 """)
@@ -1226,7 +1207,7 @@ for n, (a, b) in seed_rows.items():
     metrics[f"seg_{n}_seed{SEED + 1}_miou"] = b
     metrics[f"seg_{n}_two_seed_mean_miou"] = (a + b) / 2
 if long_rows:
-    metrics["long_epochs"] = int(round(cfg.seg.train.epochs * LONG_SCHEDULE))
+    metrics["long_epochs"] = long_epochs
     for n, r_ in long_rows.items():
         metrics[f"seg_{n}_long_miou"] = r_.val["miou"]
     for n, r_ in long_seed_rows.items():

@@ -105,11 +105,6 @@ class ToySceneConfig:
     # photo-like boxes (opt-in; 0 = off, the embedded profiles' pixels are unchanged)
     p_legged: float = 0.0  # P(a body is a torso on thin legs: it fills about half of its box)
     p_shadow: float = 0.0  # P(a body casts a dark, body-tinted shadow on the ground at its foot)
-
-    def __post_init__(self) -> None:
-        for name in ("p_nonconvex", "p_camouflage", "p_legged", "p_shadow"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"ToySceneConfig.{name} must be a probability in [0, 1], got {getattr(self, name)}")
     # context
     p_context_with_class: float = 0.95
     p_context_without_class: float = 0.03
@@ -120,10 +115,16 @@ class ToySceneConfig:
     sal_p_distractor: float = 0.3
     jpeg_quality: int = 95
 
+    def __post_init__(self) -> None:
+        for name in ("p_nonconvex", "p_camouflage", "p_legged", "p_shadow"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ToySceneConfig.{name} must be a probability in [0, 1], got {getattr(self, name)}")
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in _LATE_FIELDS:  # added after datasets were cached: omitted at their default
-            if d[name] == _LATE_FIELDS[name]:
+            if d[name] == defaults[name]:
                 del d[name]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
@@ -134,8 +135,8 @@ class ToySceneConfig:
         return cls(**kw)
 
 
-_LATE_FIELDS = {"p_legged": 0.0, "p_shadow": 0.0}
-"""Config fields added after version 6 trees were cached, with the default that leaves them out of
+_LATE_FIELDS = ("p_legged", "p_shadow")
+"""Config fields added after version 6 trees were cached: at their dataclass default they are left out of
 ``to_dict`` (and so out of every cache key and fingerprint built from it)."""
 
 
