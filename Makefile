@@ -1,6 +1,7 @@
 # wsss-lab — two commands do all set-up on a fresh machine:
 #   make tutorial   create/refresh .venv, run every notebook on the toy scenes (profile tutorial)
-#   make test       create/refresh .venv, run the tests and every notebook's smoke profile
+#   make test       create/refresh .venv, run the tests and every notebook's smoke profile (lessons and study)
+#   make study      the experiments behind the lessons' claims (hours on 2 CPU cores) → runs/study/
 PYTHON     ?= python3
 VENV       ?= .venv
 # torch is installed first, pinned, so that no resolver reaches for another (multi-GB) build.
@@ -10,7 +11,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.wsss-installed
 RUNS       ?= runs
 
-.PHONY: setup test tutorial smoke baselines lab bench data clean
+.PHONY: setup test tutorial study smoke baselines lab bench data clean sync-notebooks test-browser
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 	rm -rf $(RUNS)/smoke
-	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke --baseline benchmarks/baselines/smoke.json
+	$(PY) -m wsss_core.notebooks --profile smoke --study --out $(RUNS)/smoke --baseline benchmarks/baselines/smoke.json
 
 smoke: $(STAMP)
 	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke
@@ -32,11 +33,19 @@ smoke: $(STAMP)
 tutorial: $(STAMP)
 	$(PY) -m wsss_core.notebooks --profile tutorial --out $(RUNS)/tutorial
 
+# every lesson at the study settings, then the study notebooks (notebooks/study/); figures → study.json
+study: $(STAMP)
+	$(PY) -m wsss_core.notebooks --profile study --out $(RUNS)/study --keep-going --write-baseline benchmarks/baselines/study.json
+
+# after editing a notebook's .py (or its .ipynb outside JupyterLab's jupytext pairing): bring the pair in step
+sync-notebooks: $(STAMP)
+	$(VENV)/bin/jupytext --sync notebooks/[0-9]*.py notebooks/study/[0-9]*.py
+
 # re-record the regression baselines (after a deliberate change of the figures; commit the JSON). Per-key
 # tolerances edited into the files are kept. Record smoke.json in a fresh clone without ../shared/data, as CI runs.
 baselines: $(STAMP)
 	rm -rf $(RUNS)/smoke
-	$(PY) -m wsss_core.notebooks --profile smoke --out $(RUNS)/smoke --tolerance 0.08 --write-baseline benchmarks/baselines/smoke.json
+	$(PY) -m wsss_core.notebooks --profile smoke --study --out $(RUNS)/smoke --tolerance 0.08 --write-baseline benchmarks/baselines/smoke.json
 	$(PY) -m wsss_core.notebooks --profile tutorial --out $(RUNS)/tutorial --tolerance 0.03 --write-baseline benchmarks/baselines/tutorial.json
 
 data: $(STAMP)

@@ -1,50 +1,45 @@
-"""The committed notebooks: equal to what their build scripts write, no outputs, a papermill
-`parameters` cell with the standard names, no absolute paths. (Executing them is `make test`'s
-second step: `python -m wsss_core.notebooks --profile smoke`.)"""
+"""The committed notebooks: each `.ipynb` in sync with its jupytext source (`.py`, percent format), no
+outputs, a papermill `parameters` cell with the standard names, no absolute paths. (Executing them is
+`make test`'s second step: `python -m wsss_core.notebooks --profile smoke`.)"""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-BUILD = NOTEBOOKS / "_build"
-ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+STUDY = sorted((NOTEBOOKS / "study").glob("[0-9][0-9]_*.ipynb"))
+ALL = LESSONS + STUDY
+IDS = [p.relative_to(NOTEBOOKS).with_suffix("").as_posix() for p in ALL]
 REQUIRED_PARAMETERS = ("PROFILE", "DATA_ROOT", "DEVICE", "SEED", "OUT_DIR")
 
 
-def _built_text(nb_path: Path) -> str:
-    script = BUILD / f"build_{nb_path.name[:2]}.py"
-    assert script.is_file(), f"{nb_path.name} has no build script {script.name}"
-    sys.path.insert(0, str(BUILD))
-    try:
-        spec = importlib.util.spec_from_file_location(f"_build_{nb_path.name[:2]}", script)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)  # collects the cells; writes nothing
-    finally:
-        sys.path.remove(str(BUILD))
-    if hasattr(mod, "NB"):
-        return mod.NB.text()
-    return nbformat.writes(mod.build()) + "\n"
+def _cells(nb) -> list[tuple]:
+    "What a person edits: cell type, source and tags (ids, outputs and counts are not content)."
+    return [(c["cell_type"], "".join(c["source"]).strip("\n"), tuple(c.get("metadata", {}).get("tags", [])))
+            for c in nb["cells"]]
 
 
 def test_there_are_notebooks():
-    assert [p.name[:2] for p in ALL][:2] == ["00", "01"]
+    assert [p.name[:2] for p in LESSONS][:2] == ["00", "01"]
 
 
-@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
-def test_notebook_equals_its_build_script(path):
-    assert path.read_text(encoding="utf-8") == _built_text(path), (
-        f"{path.name} differs from what notebooks/_build/build_{path.name[:2]}.py writes: edit the script and "
-        "run it; never edit the .ipynb by hand")
+@pytest.mark.parametrize("path", ALL, ids=IDS)
+def test_notebook_is_in_sync_with_its_jupytext_source(path):
+    jupytext = pytest.importorskip("jupytext")
+    src = path.with_suffix(".py")
+    assert src.is_file(), f"{path.name} has no jupytext source {src.name} (make sync-notebooks pairs them)"
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    assert nb["metadata"].get("jupytext", {}).get("formats") == "ipynb,py:percent", "not paired with py:percent"
+    assert _cells(jupytext.read(src)) == _cells(nb), (
+        f"{path.name} and {src.name} differ: run `make sync-notebooks` (jupytext --sync) after editing either")
 
 
-@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+@pytest.mark.parametrize("path", ALL, ids=IDS)
 def test_notebook_is_clean_and_parameterised(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
@@ -65,7 +60,7 @@ def test_notebook_is_clean_and_parameterised(path):
     assert not re.search(r"[\"'](/work|/home|/tmp|/Users|[A-Z]:\\)", src), "absolute path in a notebook"
 
 
-@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+@pytest.mark.parametrize("path", ALL, ids=IDS)
 def test_papermill_sees_every_parameter(path):
     """papermill's parameter inspection (``papermill --help-notebook``, regression jobs that list the
     parameters) drops a line it cannot parse — e.g. one with ``=`` in its comment — with only a warning."""

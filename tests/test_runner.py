@@ -107,3 +107,65 @@ def test_rerecording_one_notebook_keeps_the_others():
     # a full run replaces everything
     full = merge_baselines(old, {"metrics": {"00": {"miou": 0.9}}, "made_by": "all"}, ran=["00", "01"])
     assert full["metrics"] == {"00": {"miou": 0.9}} and full["made_by"] == "all"
+
+
+def test_runner_writes_html_links_it_and_runs_study_notebooks(tmp_path):
+    nbs = tmp_path / "nbs"
+    (nbs / "study").mkdir(parents=True)
+    _notebook(nbs / "00_good.ipynb", WRITE_METRICS.format(name="00_good"))
+    _notebook(nbs / "study" / "00_good_study.ipynb", WRITE_METRICS.format(name="00_good_study"))
+    out = tmp_path / "runs"
+    assert runner_main(["--profile", "smoke", "--out", str(out), "--notebooks", str(nbs)]) == 0
+    assert not (out / "00_good_study").exists()  # lessons only, unless --study or --profile study
+    assert runner_main(["--profile", "study", "--out", str(out), "--notebooks", str(nbs)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["notebook"] for r in summary["notebooks"]] == ["00_good", "00_good_study"]
+    assert summary["metrics"]["00_good_study"]["score"] == 0.9  # PROFILE="study" was injected
+    html = out / "00_good" / "00_good.html"
+    assert html.is_file() and "<html" in html.read_text()[:2000].lower()
+    assert "[html](00_good/00_good.html)" in (out / "summary.md").read_text()
+
+
+def test_runner_rejects_unknown_profile_and_empty_only(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        runner_main(["--profile", "tutorail", "--out", str(tmp_path / "r")])
+    assert e.value.code == 2 and "smoke, tutorial, study, paper" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_good.ipynb", WRITE_METRICS.format(name="00_good"))
+    with pytest.raises(SystemExit, match="--only 99: no notebook matches .*known: 00_good"):
+        runner_main(["--profile", "smoke", "--out", str(tmp_path / "r"), "--notebooks", str(nbs), "--only", "99"])
+
+
+def test_lesson_setup_and_finish(tmp_path, capsys):
+    from wsss_core import lesson
+
+    with pytest.raises(ValueError, match="the profiles are: smoke, tutorial, study, paper"):
+        lesson.setup("00_x", "tutorail", tmp_path)
+    root = tmp_path / "toy"
+    from wsss_core.data.toyscenes import ToySceneConfig, ensure_toyscenes
+
+    ensure_toyscenes(root, ToySceneConfig(n_train=4, n_val=2), workers=1, progress=False)
+    L = lesson.setup("00_x", "smoke", tmp_path / "runs", data_root=root, device="cpu", seed=3)
+    out = capsys.readouterr().out
+    assert "profile smoke, seed 3, device cpu" in out and L.out.is_dir() and L.toy
+    from wsss_core.engine import TrainConfig
+
+    tc = L.train(TrainConfig(epochs=5), epochs=2)
+    assert (tc.seed, tc.device, tc.epochs) == (3, "cpu", 2)
+    m = json.loads(lesson.finish(L, {"a": 0.5}).read_text())
+    assert m["a"] == 0.5 and 0 <= m["seconds_total"] < 600
+
+
+def test_study_figure_reads_value_and_provenance(tmp_path):
+    from wsss_core import lesson
+
+    p = tmp_path / "study.json"
+    p.write_text(json.dumps({"profile": "study", "made_by": "make study", "made_on": "2026-12-05",
+                             "metrics": {"04_x_study": {"k": 0.5}},
+                             "sources": {"04_x_study": {"made_by": "older run", "made_on": "2026-12-03"}}}))
+    f = lesson.study_figure("04_x_study", "k", path=p)
+    assert f == {"value": 0.5, "made_by": "older run", "made_on": "2026-12-03", "profile": "study"}
+    assert lesson.study_figure("04_x_study", "absent", path=p)["value"] is None
+    assert lesson.study_figure("04_x_study", "k", path=tmp_path / "none.json")["value"] is None

@@ -1,5 +1,6 @@
-"""Profiles: presets of every stage's config for ``smoke`` (CI), ``tutorial`` (a laptop CPU) and
-``paper`` (PASCAL VOC 2012 on a GPU, the papers' hyper-parameters).
+"""Profiles: presets of every stage's config for ``smoke`` (CI), ``tutorial`` (the lesson: minutes on a
+laptop CPU), ``study`` (the experiments behind the lessons' claims: the same toy scenes, longer schedules)
+and ``paper`` (PASCAL VOC 2012 on a GPU, the papers' hyper-parameters).
 
     from wsss_core import profiles
     data = profiles.prepare_data("tutorial")      # generates the toy scenes once, returns DataSpec
@@ -16,12 +17,19 @@ from pathlib import Path
 
 from .engine import TrainConfig
 
-PROFILE_NAMES = ("smoke", "tutorial", "paper")
+PROFILE_NAMES = ("smoke", "tutorial", "study", "paper")
+TOY_DATA = {"smoke": "smoke", "tutorial": "tutorial", "study": "tutorial"}
+"""The toy-scene tree each profile reads: ``study`` runs on the tutorial's scenes (one tree, one cache)."""
 
 
-def _check(profile: str) -> None:
+def check_profile(profile: str) -> str:
+    """``profile`` if it is known, else a ValueError naming the profiles that exist."""
     if profile not in PROFILE_NAMES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILE_NAMES}")
+        raise ValueError(f"unknown profile {profile!r}; the profiles are: {', '.join(PROFILE_NAMES)}")
+    return profile
+
+
+_check = check_profile
 
 
 def project_root() -> Path | None:
@@ -80,13 +88,13 @@ def prepare_data(profile: str, data_root: str | os.PathLike | None = None, progr
     where to put it (see the README section "Run it on PASCAL VOC on a GPU").
     """
     _check(profile)
-    if profile in ("smoke", "tutorial"):
+    if profile in TOY_DATA:
         from .data.toyscenes import config_for_profile, context_pairs, ensure_toyscenes
 
         over = dict(toy_overrides or {})
-        name = profile + "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}" for k, v in sorted(over.items()))
+        name = TOY_DATA[profile] + "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{k}{v}" for k, v in sorted(over.items()))
         root = Path(data_root) if data_root else default_data_dir() / "toy" / name
-        man = ensure_toyscenes(root, config_for_profile(profile, **over), progress=progress)
+        man = ensure_toyscenes(root, config_for_profile(TOY_DATA[profile], **over), progress=progress)
         return DataSpec("toy", root, context_pairs=context_pairs(man), manifest=man)
     if toy_overrides:
         raise ValueError(f"toy_overrides apply to the toy scenes (smoke / tutorial), not to profile {profile!r}")
@@ -122,7 +130,7 @@ def cam_config(profile: str):
         return CAMStageConfig(
             train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adam", schedule="onecycle", desc="classifier"),
             cam_scales=(1.0,), cam_batch_size=16, min_val_map=0.0)
-    if profile == "tutorial":
+    if profile in ("tutorial", "study"):
         return CAMStageConfig(cam_scales=(1.0,))
     return CAMStageConfig(
         backbone="resnet50",

@@ -6,10 +6,14 @@
     python -m wsss_core.notebooks --profile tutorial --out runs/tutorial --write-baseline benchmarks/baselines/tutorial.json
 
 Each notebook ``notebooks/NN_name.ipynb`` is executed with the parameters ``PROFILE``, ``OUT_DIR``,
-``SEED`` and ``DEVICE`` injected; it writes ``OUT_DIR/NN_name/metrics.json``. The executed copy
-goes to ``OUT_DIR/NN_name.ipynb``. The runner writes ``OUT_DIR/summary.json`` and
-``OUT_DIR/summary.md`` and exits non-zero if a notebook failed, a metrics file is missing, or (with
-``--baseline``) a metric moved beyond its tolerance in the bad direction.
+``SEED`` and ``DEVICE`` injected; it writes ``OUT_DIR/NN_name/metrics.json`` (with ``seconds_total``, its
+own wall time). The executed copy goes to ``OUT_DIR/NN_name.ipynb`` and, readable without Jupyter, to
+``OUT_DIR/NN_name/NN_name.html``. ``--profile study`` runs the lessons *and* the study notebooks
+(``notebooks/study/``), the experiments behind the lessons' claims; ``--study`` adds the study notebooks to
+any other profile (``make test`` runs them at ``smoke``). The runner writes ``OUT_DIR/summary.json`` and
+``OUT_DIR/summary.md`` (time per notebook, links to the HTML copies) and exits non-zero if a notebook
+failed, a metrics file is missing, or (with ``--baseline``) a metric moved beyond its tolerance in the bad
+direction.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from ..profiles import PROFILE_NAMES
 
 
 def find_notebooks_dir(explicit: str | None = None) -> Path:
@@ -37,13 +43,32 @@ def find_notebooks_dir(explicit: str | None = None) -> Path:
     raise SystemExit("cannot find the notebooks/ folder; pass --notebooks DIR")
 
 
-def list_notebooks(nb_dir: Path, only: list[str] | None = None) -> list[Path]:
+def list_notebooks(nb_dir: Path, only: list[str] | None = None, study: bool = False) -> list[Path]:
+    """The numbered lessons of ``nb_dir`` (and, with ``study``, those of ``nb_dir/study`` after them);
+    ``only`` keeps the names or prefixes given (``04`` takes the lesson and its study notebook)."""
     nbs = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb"))
+    if study:
+        nbs += sorted((nb_dir / "study").glob("[0-9][0-9]_*.ipynb"))
     if only:
         nbs = [p for p in nbs if any(p.stem == o or p.stem.startswith(o) for o in only)]
         if not nbs:
-            raise SystemExit(f"no notebook matches {only} in {nb_dir}")
+            known = ", ".join(p.stem for p in sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")))
+            raise SystemExit(f"--only {' '.join(only)}: no notebook matches in {nb_dir} (known: {known})")
     return nbs
+
+
+def write_html(executed: Path, target: Path) -> Path | None:
+    """The executed notebook as one self-contained HTML page (nbconvert), or None if nbconvert fails."""
+    try:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter().from_filename(str(executed))
+    except Exception as e:  # a report must not fail the run
+        print(f"[wsss]   (no HTML copy of {executed.name}: {type(e).__name__}: {e})", file=sys.stderr)
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(body, encoding="utf-8")
+    return target
 
 
 def execute_notebook(nb: Path, out_dir: Path, profile: str, seed: int = 0, device: str = "auto",
@@ -57,7 +82,7 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, seed: int = 0, devic
                   **(extra or {}))
     os.environ.setdefault("WSSS_STATIC_WIDGETS", "1")  # executed copies keep static figures only
     t0 = time.perf_counter()
-    rec = {"notebook": nb.stem, "ok": False, "seconds": None, "error": None, "metrics": None}
+    rec = {"notebook": nb.stem, "ok": False, "seconds": None, "error": None, "metrics": None, "html": None}
     metrics_path = out_dir / nb.stem / "metrics.json"
     if metrics_path.exists():
         metrics_path.unlink()  # never report a previous run's numbers
@@ -69,6 +94,9 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, seed: int = 0, devic
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         rec["error"] = f"{type(e).__name__}: {str(e)[-3000:]}"
     rec["seconds"] = round(time.perf_counter() - t0, 1)
+    if (out_dir / nb.name).is_file():  # also a failed run: its HTML shows where it stopped
+        html = write_html(out_dir / nb.name, out_dir / nb.stem / f"{nb.stem}.html")
+        rec["html"] = str(html.relative_to(out_dir)) if html else None
     if metrics_path.is_file():
         rec["metrics"] = json.loads(metrics_path.read_text())
     elif rec["ok"]:
@@ -87,9 +115,14 @@ def _fmt(v) -> str:
 
 def summary_markdown(records: list[dict], profile: str) -> str:
     lines = [f"# Notebook run — profile `{profile}`", "",
-             "| notebook | status | seconds |", "|---|---|---|"]
+             "| notebook | status | seconds (runner) | `seconds_total` (notebook) | executed copy |",
+             "|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['notebook']} | {'ok' if r['ok'] else 'FAILED'} | {r['seconds']} |")
+        own = (r["metrics"] or {}).get("seconds_total", "–")
+        link = f"[html]({r['html']})" if r.get("html") else "–"
+        lines.append(f"| {r['notebook']} | {'ok' if r['ok'] else 'FAILED'} | {r['seconds']} | {own} | {link} |")
+    total = sum(r["seconds"] or 0 for r in records)
+    lines += ["", f"All {len(records)} notebooks: {total:.0f} s ({total / 60:.1f} min)."]
     for r in records:
         if r["metrics"]:
             lines += ["", f"## {r['notebook']}", "", "| metric | value |", "|---|---|"]
@@ -191,7 +224,9 @@ def make_baseline(records: list[dict], profile: str, tolerance: float, command: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m wsss_core.notebooks", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="smoke", choices=["smoke", "tutorial", "paper"])
+    ap.add_argument("--profile", default="smoke", help=f"one of {', '.join(PROFILE_NAMES)}")
+    ap.add_argument("--study", action="store_true",
+                    help="also run the study notebooks (notebooks/study/); implied by --profile study")
     ap.add_argument("--out", required=True, help="output folder (executed notebooks, metrics, summary)")
     ap.add_argument("--only", nargs="*", help="notebook names or prefixes, e.g. 00 01")
     ap.add_argument("--notebooks", help="folder holding the notebooks (default: the repository's notebooks/)")
@@ -205,10 +240,12 @@ def main(argv=None) -> int:
     ap.add_argument("--write-baseline", metavar="FILE", help="after a successful run, write its quality metrics as a baseline")
     ap.add_argument("--keep-going", action="store_true", help="run later notebooks after a failure")
     a = ap.parse_args(argv)
+    if a.profile not in PROFILE_NAMES:
+        ap.error(f"unknown profile {a.profile!r}; the profiles are: {', '.join(PROFILE_NAMES)}")
 
     out = Path(a.out)
+    nbs = list_notebooks(find_notebooks_dir(a.notebooks), a.only, study=a.study or a.profile == "study")
     out.mkdir(parents=True, exist_ok=True)
-    nbs = list_notebooks(find_notebooks_dir(a.notebooks), a.only)
     records = []
     for nb in nbs:
         print(f"[wsss] running {nb.name} (profile {a.profile}) ...", flush=True)

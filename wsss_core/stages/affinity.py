@@ -156,10 +156,9 @@ def config_for_profile(profile: str) -> AffinityStageConfig:
       and — PSA's ``PolyOptimizer`` passes the weight decay positionally into SGD's momentum — momentum
       ≈ 0; the walk with α 16, β 8, t 256.
     """
-    from ..profiles import PROFILE_NAMES
+    from ..profiles import check_profile
 
-    if profile not in PROFILE_NAMES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILE_NAMES}")
+    check_profile(profile)
     tutorial = AffinityStageConfig(
         backbone="compact", backbone_kwargs={"width": 32, "output_stride": 8}, init_from_classifier=True,
         frozen_backbone=False, levels=("s2", "s4"), level_channels=(32, 64), feature_stride=4, radius=5,
@@ -169,7 +168,7 @@ def config_for_profile(profile: str) -> AffinityStageConfig:
         rw_radius=5, rw_alpha=16.0, beta=8.0, t=256)
     if profile == "smoke":
         return tutorial.replace(crf=False, t=64, train=tutorial.train.replace(epochs=1))
-    if profile == "tutorial":
+    if profile in ("tutorial", "study"):
         return tutorial
     return AffinityStageConfig(
         backbone="resnet50",

@@ -273,8 +273,9 @@ def config_for_profile(profile: str) -> Box2SegStageConfig:
       batch 16, crop 512, 30 epochs ≈ 20k iterations, 10× lr on the new layers), losses at full
       resolution, embeddings of dimension 32.
     """
-    if profile not in ("smoke", "tutorial", "paper"):
-        raise ValueError(f"unknown profile {profile!r}; choose one of ('smoke', 'tutorial', 'paper')")
+    from ..profiles import check_profile
+
+    check_profile(profile)
     if profile == "smoke":
         seg = SegConfig(channels=32, train=engine.TrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adam",
                                                               schedule="onecycle", max_iters_per_epoch=2, desc="segmenter"))
@@ -285,7 +286,7 @@ def config_for_profile(profile: str) -> Box2SegStageConfig:
                                                            schedule="onecycle", desc="horses")))
         return Box2SegStageConfig(seg=seg, real=real, grabcut_workers=2, profile=profile,
                                   box2seg=LossConfig(awl_weight=1.0, fill_weight=1.0, emb_weight=0.1, emb_pretrain_epochs=1))
-    if profile == "tutorial":
+    if profile in ("tutorial", "study"):
         return Box2SegStageConfig(profile=profile)
     seg = SegConfig(
         backbone="resnet101", backbone_kwargs={"output_stride": 16, "weights": "imagenet"}, backbone_init=None, channels=256,

@@ -152,17 +152,16 @@ def config_for_profile(profile: str) -> EDAMStageConfig:
       13 epochs ≈ 26 image epochs. Masks at scales 1, 0.5, 1.5, 2 with flips; the PoolNet saliency
       maps go in ``Saliency/``.
     """
-    from ..profiles import PROFILE_NAMES
+    from ..profiles import check_profile
 
-    if profile not in PROFILE_NAMES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILE_NAMES}")
+    check_profile(profile)
     if profile == "smoke":
         return EDAMStageConfig(
             d_model=16, ffn=32,
             train=engine.TrainConfig(epochs=1, batch_size=8, lr=1e-3, optimizer="adam", schedule="onecycle",
                                      max_iters_per_epoch=4, desc="edam"),
             mask_batch_size=16)
-    if profile == "tutorial":
+    if profile in ("tutorial", "study"):
         return EDAMStageConfig()
     return EDAMStageConfig(
         backbone="resnet50",

@@ -134,15 +134,14 @@ def config_for_profile(profile: str) -> EPSStageConfig:
       momentum slot (momentum 5e-4 ≈ none), reproduced with momentum 0. Saliency maps (PFAN in the
       paper) must be put in ``<VOC2012>/Saliency/`` (or set ``saliency_dir``).
     """
-    from ..profiles import PROFILE_NAMES
+    from ..profiles import check_profile
 
-    if profile not in PROFILE_NAMES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILE_NAMES}")
+    check_profile(profile)
     if profile == "smoke":
         return EPSStageConfig(
             train=engine.TrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adam", schedule="onecycle", desc="eps"),
             cam_scales=(1.0,), cam_batch_size=16, min_val_map=0.0)
-    if profile == "tutorial":
+    if profile in ("tutorial", "study"):
         return EPSStageConfig(cam_scales=(1.0,))
     return EPSStageConfig(
         backbone="resnet50",

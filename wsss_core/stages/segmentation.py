@@ -73,10 +73,13 @@ def config_for_profile(profile: str) -> SegStageConfig:
       2.5e-4 (10× for the head), momentum 0.9, wd 5e-4, poly 0.9, batch 10, crop 321, scale 0.5–1.5,
       ≈ 20 k iterations on train_aug (≈ 19 epochs); multi-scale (0.5–1.5) + flip + dense CRF at test time.
     """
+    from ..profiles import check_profile
+
+    check_profile(profile)
     if profile == "smoke":
         return SegStageConfig(train=engine.TrainConfig(epochs=5, batch_size=16, lr=3e-3, optimizer="adam",
                                                        schedule="onecycle", desc="segmenter"))
-    if profile == "tutorial":
+    if profile in ("tutorial", "study"):
         # measured on the 1 000 tutorial scenes (val mIoU, CAM labels / true masks): 12 epochs × 96 channels
         # 0.560 / 0.927; 10 × 64: 0.561 / 0.915 at 60 % of the time; 6 × 64: 0.557 / 0.834 (upper bound under-trained)
         return SegStageConfig(channels=64, train=SegStageConfig().train.replace(epochs=10))
@@ -88,7 +91,7 @@ def config_for_profile(profile: str) -> SegStageConfig:
                                      weight_decay=5e-4, schedule="poly", poly_power=0.9, num_workers=4,
                                      desc="segmenter"),
             eval_scales=(0.5, 0.75, 1.0, 1.25, 1.5), eval_flip=True, crf=True, cache_images=False)
-    raise ValueError(f"unknown profile {profile!r}")
+    raise AssertionError(profile)  # unreachable: check_profile above
 
 
 def build_model(cfg: SegStageConfig, num_classes: int) -> DeepLab:

@@ -1,69 +1,62 @@
-"""Write notebooks/05_eps_saliency.ipynb (no outputs, no execution counts).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/_build/build_05.py
+# %% [markdown]
+# # 05 · EPS: saliency as pseudo-pixel supervision ("Railroad is not a Train")
+#
+# ## 1 Objective
+#
+# Notebook 01 ended with two flaws of class activation maps: they cover the small *discriminative part*
+# of an object and miss its body, and they **leak onto co-occurring context** — boats almost always
+# float on water, so for a classifier trained on image labels water *is* evidence of a boat, and its
+# CAM spills onto the water (the figure at the end of §2). An image label cannot fix that: "boat" is
+# true of every image with a boat, water or not. A **saliency map** from an off-the-shelf salient-object
+# detector can: it knows nothing of classes, but it says *water is not an object*.
+#
+# **EPS** (Explicit Pseudo-pixel Supervision; Lee, Lee, Lee & Shim, CVPR 2021) trains the classifier
+# with both signals at once. The network gets one more output map, a *background* class; a softmax over
+# the C + 1 maps at each pixel is turned into a predicted saliency map — the maps of the image's classes
+# as foreground, the background map as background — and a squared error pulls it towards the detector's
+# saliency map. The image label still says *which* class; the saliency says *where* objects are, pixel by
+# pixel, including their boundaries. A class whose map hardly overlaps the saliency map in an image is
+# not trusted as foreground there (the saliency detector probably missed that object), so one detector
+# error does not teach the classifier a wrong lesson.
+#
+# This notebook trains EPS on the toy scenes **with exactly notebook 01's classifier recipe** (same
+# backbone, augmentation, optimiser, epochs and seed; the same pseudo-mask rule — per-class
+# max-normalised maps and a constant background score), so that the only difference from the CAM
+# baseline is the saliency loss. It measures what the paper measures: pseudo-mask mIoU, EPS's **confusion
+# ratio** (context pixels labelled as the class, over the class's true positives) for boat/water and
+# train/rails, and boundary quality; it shows which saliency errors EPS corrects and which it inherits;
+# and it trains EPS once more with OpenCV's poor unsupervised saliency, to show how much the method
+# leans on a good detector.
+#
+# *How to use it:* run top to bottom. `PROFILE = "tutorial"` trains two EPS classifiers on a CPU (and
+# notebook 01's classifier too, if notebook 01 has not run with the same `OUT_DIR`); §10 prints how long
+# each took here. Everything is stored under `OUT_DIR`, so a second run only re-measures. `"smoke"` (CI)
+# proves that the code runs; its pictures mean nothing. Exercises are in §9; instructors set
+# `USE_SOLUTIONS = True`.
 
-Edit the cells here, not in the .ipynb, and re-run this script; the notebook is its output.
-"""
-from __future__ import annotations
+# %% [markdown]
+# ## 2 Parameters
+#
+# Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE` and
+# `USE_SOLUTIONS`). `TAU`, `LAM` and `STRATEGY` are EPS's own knobs; the defaults are the official
+# script's.
 
-from nbbuild import NotebookBuilder
-
-NB = NotebookBuilder("05_eps_saliency")
-md, code = NB.md, NB.code
-
-
-# =====================================================================================================
-# 1 Objective
-# =====================================================================================================
-md(r"""
-# 05 · EPS: saliency as pseudo-pixel supervision ("Railroad is not a Train")
-
-## 1 Objective
-
-Notebook 01 ended with two flaws of class activation maps: they cover the small *discriminative part*
-of an object and miss its body, and they **leak onto co-occurring context** — boats almost always
-float on water, so for a classifier trained on image labels water *is* evidence of a boat, and its
-CAM spills onto the water (the figure at the end of §2). An image label cannot fix that: "boat" is
-true of every image with a boat, water or not. A **saliency map** from an off-the-shelf salient-object
-detector can: it knows nothing of classes, but it says *water is not an object*.
-
-**EPS** (Explicit Pseudo-pixel Supervision; Lee, Lee, Lee & Shim, CVPR 2021) trains the classifier
-with both signals at once. The network gets one more output map, a *background* class; a softmax over
-the C + 1 maps at each pixel is turned into a predicted saliency map — the maps of the image's classes
-as foreground, the background map as background — and a squared error pulls it towards the detector's
-saliency map. The image label still says *which* class; the saliency says *where* objects are, pixel by
-pixel, including their boundaries. A class whose map hardly overlaps the saliency map in an image is
-not trusted as foreground there (the saliency detector probably missed that object), so one detector
-error does not teach the classifier a wrong lesson.
-
-This notebook trains EPS on the toy scenes **with exactly notebook 01's classifier recipe** (same
-backbone, augmentation, optimiser, epochs and seed; the same pseudo-mask rule — per-class
-max-normalised maps and a constant background score), so that the only difference from the CAM
-baseline is the saliency loss. It measures what the paper measures: pseudo-mask mIoU, EPS's **confusion
-ratio** (context pixels labelled as the class, over the class's true positives) for boat/water and
-train/rails, and boundary quality; it shows which saliency errors EPS corrects and which it inherits;
-and it trains EPS once more with OpenCV's poor unsupervised saliency, to show how much the method
-leans on a good detector.
-
-*How to use it:* run top to bottom. `PROFILE = "tutorial"` trains two EPS classifiers on a CPU (and
-notebook 01's classifier too, if notebook 01 has not run with the same `OUT_DIR`); §10 prints how long
-each took here. Everything is stored under `OUT_DIR`, so a second run only re-measures. `"smoke"` (CI)
-proves that the code runs; its pictures mean nothing. Exercises are in §9; instructors set
-`USE_SOLUTIONS = True`.
-""")
-
-# =====================================================================================================
-# 2 Parameters
-# =====================================================================================================
-md(r"""
-## 2 Parameters
-
-Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE` and
-`USE_SOLUTIONS`). `TAU`, `LAM` and `STRATEGY` are EPS's own knobs; the defaults are the official
-script's.
-""")
-
-code(r"""
+# %% tags=["parameters"]
 PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (laptop CPU, minutes) | "paper" (PASCAL VOC on a GPU)
 DATA_ROOT = None            # None: the profile's default data folder (toy scenes are generated on first use)
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
@@ -77,9 +70,8 @@ LAM = 0.5                   # λ: blend of the foreground and background maps in
 STRATEGY = "adaptive"       # map selection: "adaptive" (official) | "naive" | "predefined"
 TRAIN_UNSUPERVISED = True   # also train EPS with OpenCV's unsupervised saliency ("SaliencyUnsupervised")
 N_SHOW = 5                  # images in the example figures
-""", tags=["parameters"])
 
-code(r"""
+# %%
 # Everything else is derived from the parameters above.
 import json
 import math
@@ -108,7 +100,7 @@ from wsss_core.models.eps import EPSClassifier, eps_background_fn, eps_cam_fn
 from wsss_core.stages import cam as cam_stage
 from wsss_core.stages import eps as stage
 
-%matplotlib inline
+# %matplotlib inline
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9,
                      "image.interpolation": "nearest"})
 engine.seed_everything(SEED)
@@ -154,19 +146,17 @@ print(f"EPS: τ = {cfg.tau}, λ = {cfg.lam}, {cfg.strategy} map selection, salie
 print(f"outputs: {rel(OUT)}")
 print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
       f"matplotlib {matplotlib.__version__}, wsss_core {wsss_core.__version__}")
-""")
 
-md(r"""
-### The problem on a picture
+# %% [markdown]
+# ### The problem on a picture
+#
+# The CAM baseline is notebook 01's classifier (reused from `OUT_DIR` when notebook 01 has run with the
+# same settings; trained here otherwise — `stage.run_cam_baseline` decides by comparing the two
+# configurations' fingerprints). Below, among the training images with a boat on water, the one whose
+# boat CAM covers the most water at notebook 01's best threshold θ*: the water is outlined in white.
+# Next to it, the saliency map the detector gives for the same image — water is dark.
 
-The CAM baseline is notebook 01's classifier (reused from `OUT_DIR` when notebook 01 has run with the
-same settings; trained here otherwise — `stage.run_cam_baseline` decides by comparing the two
-configurations' fingerprints). Below, among the training images with a boat on water, the one whose
-boat CAM covers the most water at notebook 01's best threshold θ*: the water is outlined in white.
-Next to it, the saliency map the detector gives for the same image — water is dark.
-""")
-
-code(r"""
+# %%
 t0 = time.perf_counter()
 base = stage.run_cam_baseline(cfg, data, OUT_DIR, notebook_01_cfg=cfg01)
 cam_res = base.result
@@ -218,96 +208,87 @@ fig = viz.image_grid([[outline(raw["image"], water), viz.overlay(raw["image"], r
                               f"saliency ({SALIENCY}/)"]], size=2.0)
 viz.class_legend(fig, NAMES, ignore=True)
 display(fig)
-""")
 
-# =====================================================================================================
-# 3 Theory
-# =====================================================================================================
-md(r"""
-## 3 Theory
+# %% [markdown]
+# ## 3 Theory
+#
+# Notation of the paper where it has one (Lee et al. 2021, Sec. 3; the equation numbers are ours, the
+# paper's text was not at hand): $C$ foreground classes, image label $y \in \{0,1\}^C$, saliency map
+# $S \in [0, 1]^{H \times W}$ from an off-the-shelf detector (PFAN in the paper).
+#
+# **Classifier with a background class** (`wsss_core.models.eps.EPSClassifier`; official
+# `network/resnet38_eps.py`). A 1 × 1 convolution without bias maps the backbone features $f(x)$ to
+# $C + 1$ maps $z_1(x), \dots, z_{C+1}(x)$ — **the background is the last channel**, $C + 1$, as in the
+# official code. The image logits are their spatial means, $s_k = \frac{1}{hw} \sum_x z_k(x)$, and only the
+# $C$ foreground logits enter the multi-label soft-margin loss (official `train_eps`: `pred[:, :-1]`):
+#
+# $$\mathcal{L}_{cls} = -\frac{1}{C} \sum_{c=1}^{C} \Big[ y_c \log \sigma(s_c) + (1 - y_c) \log\big(1 - \sigma(s_c)\big) \Big]. \tag{1}$$
+#
+# **Localization maps** — a softmax over the $C + 1$ maps at every pixel:
+#
+# $$P_k(x) = \frac{e^{z_k(x)}}{\sum_{k'=1}^{C+1} e^{z_{k'}(x)}}, \qquad \sum_{k=1}^{C+1} P_k(x) = 1. \tag{2}$$
+#
+# **Overlap ratio** (`wsss_core.saliency.overlap_ratio`; official `get_eps_loss`, where it is called
+# `iou_saliency` but is the share of the class's confident pixels that are salient). With $S$ resized to the
+# maps' $h \times w$ by nearest interpolation and $\lfloor \cdot \rceil$ = rounding (a value counts iff it is
+# above 0.5):
+#
+# $$O_c = \frac{\sum_x \lfloor P_c(x) \rceil \, \lfloor S(x) \rceil}{\sum_x \big(\lfloor P_c(x) \rceil + \varepsilon\big)}, \qquad \varepsilon = 10^{-4}. \tag{3}$$
+#
+# **Map selection** (`wsss_core.saliency.select_maps`). The classes of the label are split into a
+# foreground set $\mathcal{F}$ and a set $\mathcal{B}$ folded into the background. EPS's **adaptive**
+# strategy (the official code; τ = 0.4 in `script/voc12_eps.sh`): $\mathcal{F} = \{c : y_c = 1,\ O_c > \tau\}$,
+# $\mathcal{B} = \{c : y_c = 1,\ O_c \le \tau\}$ — a class whose confident pixels are mostly not salient
+# in *this* image is treated as background, because there the detector has probably missed the object.
+# The paper compares it with a **naive** strategy ($\mathcal{F}$ = all classes of the label) and a
+# **pre-defined** one (a fixed list of classes that detectors usually miss — its examples are indoor classes
+# such as sofa, chair, dining table — always in $\mathcal{B}$). Then
+#
+# $$M_{fg} = \sum_{c \in \mathcal{F}} P_c, \qquad M_{bg} = P_{C+1} + \sum_{c \in \mathcal{B}} P_c, \tag{4}$$
+#
+# $$\hat S = \lambda\, M_{fg} + (1 - \lambda)\,(1 - M_{bg}), \qquad \lambda = 0.5 \tag{5}$$
+#
+# (`wsss_core.saliency.predicted_saliency`). Since the $P_k$ sum to one, $1 - M_{bg} = M_{fg} + \sum_{c:\,y_c = 0} P_c$:
+# with $\lambda = \frac12$, classes *absent* from the image count as half salient.
+#
+# **Saliency loss and total loss** (`wsss_core.losses.eps_loss`; `F.mse_loss`, the mean over pixels and
+# images; weights 1 : 1 in the official code):
+#
+# $$\mathcal{L}_{sal} = \frac{1}{hw} \sum_x \big(S(x) - \hat S(x)\big)^2, \qquad \mathcal{L} = \mathcal{L}_{cls} + \mathcal{L}_{sal}. \tag{6}$$
+#
+# **Pseudo-masks** (`wsss_core.stages.eps.eps_maps`; official `infer.py`). For each scale $s$ and flip
+# $\phi$: the softmax maps of Eq. 2, bilinearly resized ($\mathcal{U}$) to the image, flipped back, summed;
+# the classes of the label kept and max-normalised; the **learned background channel is not used** —
+# a constant background score θ (official `--thr 0.20`) takes its place:
+#
+# $$A_c = \sum_{s}\sum_{\phi} \phi^{-1}\big(\mathcal{U}(P_c(\phi(x_s)))\big), \quad M_c = y_c \frac{A_c}{\max A_c + 10^{-5}}, \quad
+# \hat Y(x) = \arg\max\big(\theta, M_1(x), \dots, M_C(x)\big). \tag{7}$$
+#
+# This is exactly notebook 01's rule (its Eqs. 4–6) with ReLU CAMs replaced by softmax maps, so CAM
+# and EPS are compared with the same rule, the same scales and the same θ.
+#
+# **Confusion ratio** (the paper's measure of co-occurrence; `wsss_core.metrics.ConfusionRatio`). For a
+# target class $c$ and its context region $k$ (boat/water, train/rails; PASCAL-CONTEXT annotations in
+# the paper, `ContextMask/` here): $m_{k,c}$ = pixels of region $k$ (not of class $c$) labelled $c$, $t_c$ =
+# true-positive pixels of $c$:
+#
+# $$\mathrm{CR}_{k,c} = \frac{m_{k,c}}{t_c} \quad \text{(lower is better)}. \tag{8}$$
+#
+# **Boundary F-score** (`wsss_core.metrics.boundary_prf`): precision and recall of the pseudo-label's
+# class boundaries against the true ones within 2 px, averaged over images — EPS claims sharper
+# boundaries, since the saliency map carries them.
 
-Notation of the paper where it has one (Lee et al. 2021, Sec. 3; the equation numbers are ours, the
-paper's text was not at hand): $C$ foreground classes, image label $y \in \{0,1\}^C$, saliency map
-$S \in [0, 1]^{H \times W}$ from an off-the-shelf detector (PFAN in the paper).
+# %% [markdown]
+# ## 4 From scratch, then the library
+#
+# ### 4.1 The loss by hand on a 2 × 2 example
+#
+# Three classes and the background (last), classes 1 and 2 in the image, class 3 absent. Class 1 is
+# confident (> 0.5) on pixels a and c, both salient; class 2 is confident on pixel b only, which is not
+# salient — its overlap ratio is 0, so it is folded into the background (the saliency detector, as far as
+# EPS can tell, missed it).
 
-**Classifier with a background class** (`wsss_core.models.eps.EPSClassifier`; official
-`network/resnet38_eps.py`). A 1 × 1 convolution without bias maps the backbone features $f(x)$ to
-$C + 1$ maps $z_1(x), \dots, z_{C+1}(x)$ — **the background is the last channel**, $C + 1$, as in the
-official code. The image logits are their spatial means, $s_k = \frac{1}{hw} \sum_x z_k(x)$, and only the
-$C$ foreground logits enter the multi-label soft-margin loss (official `train_eps`: `pred[:, :-1]`):
-
-$$\mathcal{L}_{cls} = -\frac{1}{C} \sum_{c=1}^{C} \Big[ y_c \log \sigma(s_c) + (1 - y_c) \log\big(1 - \sigma(s_c)\big) \Big]. \tag{1}$$
-
-**Localization maps** — a softmax over the $C + 1$ maps at every pixel:
-
-$$P_k(x) = \frac{e^{z_k(x)}}{\sum_{k'=1}^{C+1} e^{z_{k'}(x)}}, \qquad \sum_{k=1}^{C+1} P_k(x) = 1. \tag{2}$$
-
-**Overlap ratio** (`wsss_core.saliency.overlap_ratio`; official `get_eps_loss`, where it is called
-`iou_saliency` but is the share of the class's confident pixels that are salient). With $S$ resized to the
-maps' $h \times w$ by nearest interpolation and $\lfloor \cdot \rceil$ = rounding (a value counts iff it is
-above 0.5):
-
-$$O_c = \frac{\sum_x \lfloor P_c(x) \rceil \, \lfloor S(x) \rceil}{\sum_x \big(\lfloor P_c(x) \rceil + \varepsilon\big)}, \qquad \varepsilon = 10^{-4}. \tag{3}$$
-
-**Map selection** (`wsss_core.saliency.select_maps`). The classes of the label are split into a
-foreground set $\mathcal{F}$ and a set $\mathcal{B}$ folded into the background. EPS's **adaptive**
-strategy (the official code; τ = 0.4 in `script/voc12_eps.sh`): $\mathcal{F} = \{c : y_c = 1,\ O_c > \tau\}$,
-$\mathcal{B} = \{c : y_c = 1,\ O_c \le \tau\}$ — a class whose confident pixels are mostly not salient
-in *this* image is treated as background, because there the detector has probably missed the object.
-The paper compares it with a **naive** strategy ($\mathcal{F}$ = all classes of the label) and a
-**pre-defined** one (a fixed list of classes that detectors usually miss — its examples are indoor classes
-such as sofa, chair, dining table — always in $\mathcal{B}$). Then
-
-$$M_{fg} = \sum_{c \in \mathcal{F}} P_c, \qquad M_{bg} = P_{C+1} + \sum_{c \in \mathcal{B}} P_c, \tag{4}$$
-
-$$\hat S = \lambda\, M_{fg} + (1 - \lambda)\,(1 - M_{bg}), \qquad \lambda = 0.5 \tag{5}$$
-
-(`wsss_core.saliency.predicted_saliency`). Since the $P_k$ sum to one, $1 - M_{bg} = M_{fg} + \sum_{c:\,y_c = 0} P_c$:
-with $\lambda = \frac12$, classes *absent* from the image count as half salient.
-
-**Saliency loss and total loss** (`wsss_core.losses.eps_loss`; `F.mse_loss`, the mean over pixels and
-images; weights 1 : 1 in the official code):
-
-$$\mathcal{L}_{sal} = \frac{1}{hw} \sum_x \big(S(x) - \hat S(x)\big)^2, \qquad \mathcal{L} = \mathcal{L}_{cls} + \mathcal{L}_{sal}. \tag{6}$$
-
-**Pseudo-masks** (`wsss_core.stages.eps.eps_maps`; official `infer.py`). For each scale $s$ and flip
-$\phi$: the softmax maps of Eq. 2, bilinearly resized ($\mathcal{U}$) to the image, flipped back, summed;
-the classes of the label kept and max-normalised; the **learned background channel is not used** —
-a constant background score θ (official `--thr 0.20`) takes its place:
-
-$$A_c = \sum_{s}\sum_{\phi} \phi^{-1}\big(\mathcal{U}(P_c(\phi(x_s)))\big), \quad M_c = y_c \frac{A_c}{\max A_c + 10^{-5}}, \quad
-\hat Y(x) = \arg\max\big(\theta, M_1(x), \dots, M_C(x)\big). \tag{7}$$
-
-This is exactly notebook 01's rule (its Eqs. 4–6) with ReLU CAMs replaced by softmax maps, so CAM
-and EPS are compared with the same rule, the same scales and the same θ.
-
-**Confusion ratio** (the paper's measure of co-occurrence; `wsss_core.metrics.ConfusionRatio`). For a
-target class $c$ and its context region $k$ (boat/water, train/rails; PASCAL-CONTEXT annotations in
-the paper, `ContextMask/` here): $m_{k,c}$ = pixels of region $k$ (not of class $c$) labelled $c$, $t_c$ =
-true-positive pixels of $c$:
-
-$$\mathrm{CR}_{k,c} = \frac{m_{k,c}}{t_c} \quad \text{(lower is better)}. \tag{8}$$
-
-**Boundary F-score** (`wsss_core.metrics.boundary_prf`): precision and recall of the pseudo-label's
-class boundaries against the true ones within 2 px, averaged over images — EPS claims sharper
-boundaries, since the saliency map carries them.
-""")
-
-# =====================================================================================================
-# 4 From scratch, then the library
-# =====================================================================================================
-md(r"""
-## 4 From scratch, then the library
-
-### 4.1 The loss by hand on a 2 × 2 example
-
-Three classes and the background (last), classes 1 and 2 in the image, class 3 absent. Class 1 is
-confident (> 0.5) on pixels a and c, both salient; class 2 is confident on pixel b only, which is not
-salient — its overlap ratio is 0, so it is folded into the background (the saliency detector, as far as
-EPS can tell, missed it).
-""")
-
-code(r"""
+# %%
 P = torch.tensor([[[[0.7, 0.1], [0.6, 0.2]],      # P_1  (present)     pixels  a b
                    [[0.1, 0.6], [0.1, 0.1]],      # P_2  (present)             c d
                    [[0.1, 0.1], [0.1, 0.1]],      # P_3  (absent)
@@ -336,13 +317,11 @@ assert torch.allclose(parts["overlap"], O) and torch.equal(parts["fg"], fg) and 
 assert torch.allclose(parts["s_hat"][:, 0], S_hat) and abs(float(parts["loss_sal"]) - float(L_sal)) < 1e-12
 assert abs(float(L_sal) - 0.0425) < 1e-12         # (0.25² + 0.15² + 0.15² + 0.25²) / 4
 print("✓ by hand == wsss_core.losses.eps_loss (overlap, selection, Ŝ, L_sal)")
-""")
 
-md(r"""
-### 4.2 The three map-selection strategies on the same example
-""")
+# %% [markdown]
+# ### 4.2 The three map-selection strategies on the same example
 
-code(r"""
+# %%
 rows = []
 for strat, kw in [("naive", {}), ("predefined (class 1 listed)", {"predefined": [0]}), ("adaptive", {})]:
     _, pp = eps_loss(torch.log(P), S2, y2, tau=tau, lam=lam, strategy=strat.split(" ")[0], return_parts=True, **kw)
@@ -350,21 +329,19 @@ for strat, kw in [("naive", {}), ("predefined (class 1 listed)", {"predefined": 
                 f"{[int(c) + 1 for c in np.flatnonzero(pp['bg'][0].numpy())]} | {pp['s_hat'][0, 0].numpy().round(3).tolist()} | "
                 f"{float(pp['loss_sal']):.4f} |")
 display(Markdown("| strategy | foreground classes | folded into background | Ŝ | L_sal |\n|---|---|---|---|---:|\n" + "\n".join(rows)))
-""")
 
-md(r"""
-The naive strategy asks class 2's map to be salient at b, where the detector says "nothing": the
-loss (0.1775) would push class 2 off its own object — if the detector is wrong there, EPS would learn
-the detector's mistake. The adaptive rule lets class 2 keep b by calling it background *for this
-image's saliency loss only*; its classification loss still wants it present.
+# %% [markdown]
+# The naive strategy asks class 2's map to be salient at b, where the detector says "nothing": the
+# loss (0.1775) would push class 2 off its own object — if the detector is wrong there, EPS would learn
+# the detector's mistake. The adaptive rule lets class 2 keep b by calling it background *for this
+# image's saliency loss only*; its classification loss still wants it present.
+#
+# ### 4.3 The loss on a real batch, from scratch
+#
+# An untrained EPS classifier (seeded) on four training images with their saliency maps, at the
+# maps' resolution: Eqs. 1–6 in a few lines against `eps_loss`.
 
-### 4.3 The loss on a real batch, from scratch
-
-An untrained EPS classifier (seeded) on four training images with their saliency maps, at the
-maps' resolution: Eqs. 1–6 in a few lines against `eps_loss`.
-""")
-
-code(r"""
+# %%
 engine.seed_everything(SEED)
 toy_model = stage.build_model(cfg, C).eval()
 train_view = stage.training_dataset(data.root, data.train_split, cfg)   # augmented image + saliency
@@ -390,20 +367,19 @@ print(f"maps {tuple(maps.shape)} (stride {x.shape[-1] // w}); saliency {tuple(s.
 print(f"L_cls = {float(L_cls):.5f}, L_sal = {float(L_sal):.5f}; library: {float(parts['loss_cls']):.5f}, {float(parts['loss_sal']):.5f}")
 assert torch.allclose(L_cls + L_sal, lib, atol=1e-6)
 print("✓ Eqs. 1–6 from scratch == wsss_core.losses.eps_loss on a real batch")
-""")
 
-md(r"""
-Untrained and in evaluation mode, the softmax is spread over the $C + 1$ channels: hardly a pixel is
-above 0.5, the overlap ratios printed above are (near) 0, and such classes are folded into the
-background. In training mode (batch statistics) the untrained maps are more peaked and some classes
-pass the test by chance. The classification loss then makes each class confident on its badge, which
-lies inside its object, hence in the salient area, and the share of classes that pass climbs (§5.2
-plots it per iteration).
 
-### 4.4 Pseudo-mask maps from scratch (Eq. 7)
-""")
+# %% [markdown]
+# Untrained and in evaluation mode, the softmax is spread over the $C + 1$ channels: hardly a pixel is
+# above 0.5, the overlap ratios printed above are (near) 0, and such classes are folded into the
+# background. In training mode (batch statistics) the untrained maps are more peaked and some classes
+# pass the test by chance. The classification loss then makes each class confident on its badge, which
+# lies inside its object, hence in the salient area, and the share of classes that pass climbs (§5.2
+# plots it per iteration).
+#
+# ### 4.4 Pseudo-mask maps from scratch (Eq. 7)
 
-code(r"""
+# %%
 def eps_maps_scratch(model, images, labels, scales):
     "Eq. 7: softmax maps, upsampled, flipped back, summed over scales and flips; label mask; max-normalisation."
     H, W = images.shape[-2:]
@@ -425,23 +401,18 @@ with torch.no_grad():
 assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 print(f"✓ by hand == wsss_core.stages.eps.eps_maps: {tuple(b.shape)}, absent classes zero: "
       f"{bool((b[~ev_batch['label'].bool()] == 0).all())}")
-""")
 
-# =====================================================================================================
-# 5 Run it
-# =====================================================================================================
-md(r"""
-## 5 Run it
+# %% [markdown]
+# ## 5 Run it
+#
+# ### 5.1 The saliency sources and their quality
+#
+# EPS is only as good as its saliency map. `saliency.find_saliency_dirs` lists the folders of maps in the
+# data tree; `saliency.saliency_quality` scores each against the true foreground (ignore pixels left
+# out): mean absolute error, the maximum and mean F-measure over thresholds ($\beta^2 = 0.3$), and
+# precision / recall / IoU of the binary map $S > 0.5$ that EPS's overlap test uses.
 
-### 5.1 The saliency sources and their quality
-
-EPS is only as good as its saliency map. `saliency.find_saliency_dirs` lists the folders of maps in the
-data tree; `saliency.saliency_quality` scores each against the true foreground (ignore pixels left
-out): mean absolute error, the maximum and mean F-measure over thresholds ($\beta^2 = 0.3$), and
-precision / recall / IoU of the binary map $S > 0.5$ that EPS's overlap test uses.
-""")
-
-code(r"""
+# %%
 SOURCES = saliency.find_saliency_dirs(data.root)
 sal_q = {}
 for name in SOURCES:
@@ -473,27 +444,25 @@ display(Markdown("Mean saliency $\\bar S$ and share of pixels with $S \\ge 0.5$ 
                  "| saliency folder | " + " | ".join(REGIONS) + " |\n|---|" + "---:|" * len(REGIONS) + "\n" + "\n".join(
     f"| `{n}` | " + " | ".join(f"{r[k]['mean']:.2f} ({r[k]['salient']:.0%})" for k in REGIONS) + " |"
     for n, r in sal_regions.items())))
-""")
 
-md(r"""
-The detector stand-in (`Saliency/`) finds the objects as blurred blobs, misses some of them and fires
-on some badge-less distractor bodies; it is dark on water and rails. OpenCV's spectral residual
-(`SaliencyUnsupervised/`) responds to small, high-contrast structure: the class badges (*part*) light
-up, the large uniform object *bodies* hardly do, and the rails' sleepers are brighter on average than
-the bodies (the region table above; the toy scenes have `PartMask/` and `ContextMask/`, so the objects
-split into badge and body and the background into water, rails and the rest). §8 uses both kinds of
-error.
+# %% [markdown]
+# The detector stand-in (`Saliency/`) finds the objects as blurred blobs, misses some of them and fires
+# on some badge-less distractor bodies; it is dark on water and rails. OpenCV's spectral residual
+# (`SaliencyUnsupervised/`) responds to small, high-contrast structure: the class badges (*part*) light
+# up, the large uniform object *bodies* hardly do, and the rails' sleepers are brighter on average than
+# the bodies (the region table above; the toy scenes have `PartMask/` and `ContextMask/`, so the objects
+# split into badge and body and the background into water, rails and the rest). §8 uses both kinds of
+# error.
+#
+# ### 5.2 Train EPS
+#
+# `stage.run` trains the classifier with the project's training loop (`wsss_core.engine.train`, the
+# step function `stage.make_step`: Eqs. 1–6 on random crops of image *and* saliency, flipped and
+# rescaled together), then makes the pseudo-mask maps of every training image (Eq. 7), evaluates them
+# and writes pseudo-labels. A finished checkpoint or existing maps are reused. The logged
+# `fg_share` is the share of present classes that passed the overlap test in each batch.
 
-### 5.2 Train EPS
-
-`stage.run` trains the classifier with the project's training loop (`wsss_core.engine.train`, the
-step function `stage.make_step`: Eqs. 1–6 on random crops of image *and* saliency, flipped and
-rescaled together), then makes the pseudo-mask maps of every training image (Eq. 7), evaluates them
-and writes pseudo-labels. A finished checkpoint or existing maps are reused. The logged
-`fg_share` is the share of present classes that passed the overlap test in each batch.
-""")
-
-code(r"""
+# %%
 t0 = time.perf_counter()
 res = stage.run(cfg, data, OUT)
 print(f"EPS classifier: {rel(res.checkpoint_dir)} — trained in {res.train_seconds:.0f} s, maps in {res.cam_seconds:.0f} s "
@@ -520,16 +489,14 @@ ax3.legend(fontsize=8)
 ax3.grid(alpha=0.3)
 fig.savefig(OUT / "training.png")
 display(fig)
-""")
 
-md(r"""
-### 5.3 The same EPS with a poor saliency map
+# %% [markdown]
+# ### 5.3 The same EPS with a poor saliency map
+#
+# The same configuration, trained with OpenCV's unsupervised saliency instead (its own folder under
+# `OUT`). Skipped when `TRAIN_UNSUPERVISED = False` or when the data has no `SaliencyUnsupervised/`.
 
-The same configuration, trained with OpenCV's unsupervised saliency instead (its own folder under
-`OUT`). Skipped when `TRAIN_UNSUPERVISED = False` or when the data has no `SaliencyUnsupervised/`.
-""")
-
-code(r"""
+# %%
 UNSUP = "SaliencyUnsupervised"
 res_u = None
 if TRAIN_UNSUPERVISED and UNSUP in SOURCES and UNSUP != SALIENCY:
@@ -539,26 +506,21 @@ if TRAIN_UNSUPERVISED and UNSUP in SOURCES and UNSUP != SALIENCY:
           f"validation mAP {res_u.val_map:.3f}, pseudo-mask mIoU {res_u.report['miou']:.3f} at θ* = {res_u.report['best_threshold']:g}")
 else:
     print(f"skipped (TRAIN_UNSUPERVISED = {TRAIN_UNSUPERVISED}, {UNSUP} present: {UNSUP in SOURCES})")
-""")
 
-# =====================================================================================================
-# 6 Look at it
-# =====================================================================================================
-md(r"""
-## 6 Look at it
+# %% [markdown]
+# ## 6 Look at it
+#
+# ### 6.1 The boat on water, CAM next to EPS
+#
+# The image of §2. Top: the boat's CAM and its pseudo-label; bottom: the boat's EPS map (Eq. 7) and
+# its pseudo-label — each at its own best threshold θ* (§7) — and the learned background probability
+# $P_{C+1}$, which the pseudo-mask does not use but which shows what the saliency loss taught the network.
+# Water outlined in white. Besides the water, look at the other background near the object: the
+# saliency loss teaches EPS that *bodies* are objects, and a badge-less distractor body touching the
+# object can be swept into its label (the second number printed below; §8.1 measures it over all
+# images).
 
-### 6.1 The boat on water, CAM next to EPS
-
-The image of §2. Top: the boat's CAM and its pseudo-label; bottom: the boat's EPS map (Eq. 7) and
-its pseudo-label — each at its own best threshold θ* (§7) — and the learned background probability
-$P_{C+1}$, which the pseudo-mask does not use but which shows what the saliency loss taught the network.
-Water outlined in white. Besides the water, look at the other background near the object: the
-saliency loss teaches EPS that *bodies* are objects, and a badge-less distractor body touching the
-object can be swept into its label (the second number printed below; §8.1 measures it over all
-images).
-""")
-
-code(r"""
+# %%
 EPS_DIR, EPS_BEST = res.cam_dir, float(res.report["best_threshold"])
 DEV = next(res.model.parameters()).device
 
@@ -597,16 +559,14 @@ hit = lambda p: int(((p == c_show) & (raw["mask"] == c_show)).sum())  # noqa: E7
 print(f"background water pixels labelled {NAMES[c_show]} in this image: CAM {n_cam}, EPS {n_eps}; "
       f"other background pixels labelled {NAMES[c_show]}: CAM {o_cam}, EPS {o_eps}; "
       f"{NAMES[c_show]} pixels found: CAM {hit(pl_cam)}, EPS {hit(pl_eps)} of {int((raw['mask'] == c_show).sum())}")
-""")
 
-md(r"""
-### 6.2 More images
+# %% [markdown]
+# ### 6.2 More images
+#
+# Each row: image, true mask, the saliency map EPS trained with, the CAM and EPS pseudo-labels (each at its
+# θ*), and EPS's learned background probability. Context (water, rails) outlined in white.
 
-Each row: image, true mask, the saliency map EPS trained with, the CAM and EPS pseudo-labels (each at its
-θ*), and EPS's learned background probability. Context (water, rails) outlined in white.
-""")
-
-code(r"""
+# %%
 rows, titles = [], []
 for i in SHOW:
     raw = eval_ds.get_raw(i)
@@ -623,26 +583,25 @@ fig = viz.image_grid(rows, titles=titles, size=1.75)
 viz.class_legend(fig, NAMES, ignore=True)
 fig.savefig(OUT / "cam_vs_eps.png")
 display(fig)
-""")
 
-md(r"""
-What to look for: EPS labels fill the object bodies that CAM's blobs miss (the saliency loss asks the
-present classes to cover everything salient), stop at the object outline instead of the coarse
-blob's edge, and leave the water and rails alone (the learned background is bright there). Where an
-image holds two objects of different classes, the saliency map does not say which is which: that part
-is still the classifier's.
 
-### 6.3 Explore τ and λ
+# %% [markdown]
+# What to look for: EPS labels fill the object bodies that CAM's blobs miss (the saliency loss asks the
+# present classes to cover everything salient), stop at the object outline instead of the coarse
+# blob's edge, and leave the water and rails alone (the learned background is bright there). Where an
+# image holds two objects of different classes, the saliency map does not say which is which: that part
+# is still the classifier's.
+#
+# ### 6.3 Explore τ and λ
+#
+# τ and λ act during training. The explorer shows, for one training image and the trained network,
+# what the saliency loss *sees*: the overlap ratio of each present class (title), which classes pass the
+# test at τ, the foreground and background maps of Eq. 4 at the maps' resolution, the predicted
+# saliency Ŝ of Eq. 5 at λ, the target $S$, and the squared error of Eq. 6. Raise τ above a class's
+# overlap ratio and its map moves from the foreground side to the background side; λ → 1 makes Ŝ
+# ignore the background channel, λ → 0 lets absent classes count as salient.
 
-τ and λ act during training. The explorer shows, for one training image and the trained network,
-what the saliency loss *sees*: the overlap ratio of each present class (title), which classes pass the
-test at τ, the foreground and background maps of Eq. 4 at the maps' resolution, the predicted
-saliency Ŝ of Eq. 5 at λ, the target $S$, and the squared error of Eq. 6. Raise τ above a class's
-overlap ratio and its map moves from the foreground side to the background side; λ → 1 makes Ŝ
-ignore the background channel, λ → 0 lets absent classes count as salient.
-""")
-
-code(r"""
+# %%
 def loss_view(index, tau, lam):
     item = eval_ds[index]
     with torch.no_grad():
@@ -666,23 +625,18 @@ def loss_view(index, tau, lam):
 
 widgets.explore(loss_view, index=(0, len(eval_ds) - 1, 1, int(EXAMPLE)), tau=(0.0, 1.0, 0.05, float(cfg.tau)),
                 lam=(0.0, 1.0, 0.05, float(cfg.lam)));
-""")
 
-# =====================================================================================================
-# 7 Measure it
-# =====================================================================================================
-md(r"""
-## 7 Measure it
+# %% [markdown]
+# ## 7 Measure it
+#
+# Both sets of pseudo-labels are scored on the same training images (`stage.evaluate`, which is
+# notebook 01's `evaluate_cams`: a sweep of the background threshold θ, then every measure at the best
+# one, θ* — an *oracle* choice that uses the ground truth, as papers report CAM quality — and again at
+# the official fixed θ = 0.2 of EPS's `infer.py`).
+#
+# ### 7.1 The background threshold
 
-Both sets of pseudo-labels are scored on the same training images (`stage.evaluate`, which is
-notebook 01's `evaluate_cams`: a sweep of the background threshold θ, then every measure at the best
-one, θ* — an *oracle* choice that uses the ground truth, as papers report CAM quality — and again at
-the official fixed θ = 0.2 of EPS's `infer.py`).
-
-### 7.1 The background threshold
-""")
-
-code(r"""
+# %%
 # the CAM baseline scored exactly like EPS (same evaluation code, stored next to this notebook's outputs)
 cam_rep = stage.cached_report(CAM_DIR, eval_ds, cfg, data.context_pairs, OUT / "cam_baseline_report.json", progress=True)
 assert float(cam_rep["best_threshold"]) == CAM_BEST and abs(cam_rep["miou"] - cam_res.report["miou"]) < 1e-5
@@ -703,13 +657,12 @@ ax.set_ylim(lo_, hi_ + 0.08 * (hi_ - lo_))        # room for the annotations
 ax.set_title(f"pseudo-label mIoU vs background threshold (dotted: EPS's fixed θ = {cfg.eval_threshold:g})")
 fig.savefig(OUT / "threshold_sweep.png")
 display(fig)
-""")
 
-md(r"""
-### 7.2 CAM vs EPS, same images, same rule
-""")
 
-code(r"""
+# %% [markdown]
+# ### 7.2 CAM vs EPS, same images, same rule
+
+# %%
 def g(d, *keys):
     for k in keys:
         d = d.get(k, math.nan) if isinstance(d, dict) else math.nan
@@ -736,13 +689,11 @@ lines.append(f"| boundary F-score (±{cfg.boundary_tolerance:g} px) | " + " | ".
 display(Markdown("\n".join(lines)))
 display(Markdown("Per-class IoU at θ*:\n\n| | " + " | ".join(NAMES) + " |\n|---|" + "---:|" * len(NAMES) + "\n" + "\n".join(
     f"| {n} | " + " | ".join(f3(g(r[0], 'per_class_iou', k)) for k in NAMES) + " |" for n, r in runs.items())))
-""")
 
-md(r"""
-### 7.3 Co-occurrence: the confusion ratio per pair
-""")
+# %% [markdown]
+# ### 7.3 Co-occurrence: the confusion ratio per pair
 
-code(r"""
+# %%
 if PAIRS:
     fig = Figure(figsize=(10, 2.8), layout="constrained")
     axes = fig.subplots(1, len(PAIRS) + 1)
@@ -762,16 +713,14 @@ if PAIRS:
     print(f"mIoU CAM {cam_rep['miou']:.3f} → EPS {eps_rep['miou']:.3f} at θ*; {cam_fix['miou']:.3f} → {eps_fix['miou']:.3f} at θ = {cfg.eval_threshold:g}")
 else:
     print("no context regions in this data set (the toy scenes have them): no confusion ratio")
-""")
 
-md(r"""
-### 7.4 Saved for the next notebooks
+# %% [markdown]
+# ### 7.4 Saved for the next notebooks
+#
+# The metrics go to `metrics.json` (keys below); EPS's pseudo-labels (`pseudo_labels/`, at θ* like
+# notebook 01's) are the "EPS" row of notebook 06.
 
-The metrics go to `metrics.json` (keys below); EPS's pseudo-labels (`pseudo_labels/`, at θ* like
-notebook 01's) are the "EPS" row of notebook 06.
-""")
-
-code(r"""
+# %%
 metrics = {
     "cam_miou": cam_rep["miou"], "eps_miou": eps_rep["miou"],
     "cam_best_threshold": float(cam_rep["best_threshold"]), "eps_best_threshold": float(eps_rep["best_threshold"]),
@@ -806,27 +755,22 @@ cam_stage.write_metrics(OUT / "metrics.json", metrics)
 (OUT / "eps_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
 print(f"written: {rel(OUT / 'metrics.json')} ({len(metrics)} keys), {rel(OUT / 'eps_config.json')}; "
       f"{len(list(res.label_dir.glob('*.png')))} pseudo-labels in {rel(res.label_dir)}")
-""")
 
-# =====================================================================================================
-# 8 What goes wrong
-# =====================================================================================================
-md(r"""
-## 8 What goes wrong
+# %% [markdown]
+# ## 8 What goes wrong
+#
+# ### 8.1 Saliency errors: which EPS corrects, which it inherits
+#
+# EPS trusts the saliency map *pixel by pixel*, except for a class that fails the overlap test in an
+# image. `stage.saliency_error_study` splits the detector's errors on the training images
+# (`saliency.saliency_error_masks`, $S$ binarised at 0.5) into **missed** object pixels, **salient
+# distractors** (background far from every object that the detector calls salient) and the detector's
+# **blurred outline** (salient background within 3 px of an object), and counts what each pseudo-label
+# does there. EPS *corrects* a missed object if it still labels it (the classifier knows the class from
+# other images, and the adaptive rule keeps the detector's miss out of the loss); it *inherits* a false
+# alarm if it labels a distractor as a class.
 
-### 8.1 Saliency errors: which EPS corrects, which it inherits
-
-EPS trusts the saliency map *pixel by pixel*, except for a class that fails the overlap test in an
-image. `stage.saliency_error_study` splits the detector's errors on the training images
-(`saliency.saliency_error_masks`, $S$ binarised at 0.5) into **missed** object pixels, **salient
-distractors** (background far from every object that the detector calls salient) and the detector's
-**blurred outline** (salient background within 3 px of an object), and counts what each pseudo-label
-does there. EPS *corrects* a missed object if it still labels it (the classifier knows the class from
-other images, and the adaptive rule keeps the detector's miss out of the loss); it *inherits* a false
-alarm if it labels a distractor as a class.
-""")
-
-code(r"""
+# %%
 study = stage.saliency_error_study({"CAM": (CAM_DIR, CAM_BEST), "EPS": (EPS_DIR, EPS_BEST)}, eval_ds, progress=True)
 reg = study["regions"]
 display(Markdown(
@@ -874,21 +818,19 @@ print(f"salient distractors: CAM labels {sc['false_far_fg']:.0%} of their pixels
       f"blurred outline: CAM {sc['false_near_fg']:.0%}, EPS {se['false_near_fg']:.0%}")
 metrics.update(saliency_error_study={k: v for k, v in study.items() if k != "per_image"})
 cam_stage.write_metrics(OUT / "metrics.json", metrics)
-""")
 
-md(r"""
-How to read it. Where the detector misses an object, the object's class still fires on its badge
-but fails the overlap test in that image, so the adaptive rule keeps it out of the saliency loss
-instead of pushing it off the object; what the network learned from the other images can then label
-it — the "missed" rows say how far that works. Where the detector fires on a distractor, the saliency
-loss asks the image's classes to cover every salient pixel, and a distractor body looks like any
-other body, so EPS can *learn* to label distractors — the "distractor" row says whether it did. CAM,
-which only looks at badges, has no reason to label either.
+# %% [markdown]
+# How to read it. Where the detector misses an object, the object's class still fires on its badge
+# but fails the overlap test in that image, so the adaptive rule keeps it out of the saliency loss
+# instead of pushing it off the object; what the network learned from the other images can then label
+# it — the "missed" rows say how far that works. Where the detector fires on a distractor, the saliency
+# loss asks the image's classes to cover every salient pixel, and a distractor body looks like any
+# other body, so EPS can *learn* to label distractors — the "distractor" row says whether it did. CAM,
+# which only looks at badges, has no reason to label either.
+#
+# ### 8.2 A poor detector
 
-### 8.2 A poor detector
-""")
-
-code(r"""
+# %%
 if res_u is not None:
     qa, qb = sal_q[SALIENCY], sal_q[UNSUP]
     display(Markdown(
@@ -925,103 +867,91 @@ if res_u is not None:
               f"(θ* / θ = {cfg.eval_threshold:g})")
 else:
     print("EPS with the unsupervised saliency was not trained (TRAIN_UNSUPERVISED = False, or no such folder)")
-""")
 
-md(r"""
-Why the poor detector makes EPS *worse* than CAM, measured (the printout above and the region
-table of §5.1): OpenCV's spectral residual marks the small badges and leaves the large object bodies
-dark, so the saliency loss — a squared error at every pixel — pulls the class maps *off* the bodies
-towards the background channel. The classifier still fires on the badges (validation mAP is
-unchanged), but the maps shrink to them: body recall falls below CAM's, and the best background
-threshold drops so low that the coarse, upsampled maps spill onto context again. Where the detector
-is brighter on a context region than on bodies (the rails' sleepers), nothing tells that context
-from the object. The method is only as good as its detector: the paper uses PFAN, a detector trained
-with pixel-level saliency annotation (that is extra supervision, and a fair comparison with
-image-label-only methods has to say so).
-""")
 
-# =====================================================================================================
-# 9 Exercises
-# =====================================================================================================
-md(r"""
-## 9 Exercises
+# %% [markdown]
+# Why the poor detector makes EPS *worse* than CAM, measured (the printout above and the region
+# table of §5.1): OpenCV's spectral residual marks the small badges and leaves the large object bodies
+# dark, so the saliency loss — a squared error at every pixel — pulls the class maps *off* the bodies
+# towards the background channel. The classifier still fires on the badges (validation mAP is
+# unchanged), but the maps shrink to them: body recall falls below CAM's, and the best background
+# threshold drops so low that the coarse, upsampled maps spill onto context again. Where the detector
+# is brighter on a context region than on bodies (the rails' sleepers), nothing tells that context
+# from the object. The method is only as good as its detector: the paper uses PFAN, a detector trained
+# with pixel-level saliency annotation (that is extra supervision, and a fair comparison with
+# image-label-only methods has to say so).
 
-**Exercise 1 — the overlap ratio (Eq. 3).** Write `overlap_ratio(fg_probs, saliency)`: `fg_probs` is a
-`(B, C, h, w)` tensor of softmax probabilities of the foreground classes, `saliency` a `(B, 1, h, w)`
-tensor in [0, 1]. Return the `(B, C)` ratios. Mind the rounding of exact halves (`torch.round`) and the
-$10^{-4}$ *per pixel* in the denominator.
-""")
+# %% [markdown]
+# ## 9 Exercises
+#
+# **Exercise 1 — the overlap ratio (Eq. 3).** Write `overlap_ratio(fg_probs, saliency)`: `fg_probs` is a
+# `(B, C, h, w)` tensor of softmax probabilities of the foreground classes, `saliency` a `(B, 1, h, w)`
+# tensor in [0, 1]. Return the `(B, C)` ratios. Mind the rounding of exact halves (`torch.round`) and the
+# $10^{-4}$ *per pixel* in the denominator.
 
-code(r"""
+# %%
 def overlap_ratio(fg_probs, saliency):
     "fg_probs (B, C, h, w), saliency (B, 1, h, w) → O (B, C), Eq. 3."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_1 = exercises.check("eps_overlap_ratio", overlap_ratio, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 2 — the saliency loss (Eqs. 2–6).** Write `saliency_loss(maps, saliency, label, tau, lam)`:
-`maps` are the raw `(B, C + 1, h, w)` outputs (background last), `saliency` is `(B, 1, h, w)` at the
-same size, `label` `(B, C)`. Return $\mathcal{L}_{sal}$ with the adaptive map selection.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 2 — the saliency loss (Eqs. 2–6).** Write `saliency_loss(maps, saliency, label, tau, lam)`:
+# `maps` are the raw `(B, C + 1, h, w)` outputs (background last), `saliency` is `(B, 1, h, w)` at the
+# same size, `label` `(B, C)`. Return $\mathcal{L}_{sal}$ with the adaptive map selection.
+
+# %%
 def saliency_loss(maps, saliency, label, tau, lam):
     "maps (B, C+1, h, w), saliency (B, 1, h, w), label (B, C) → L_sal (a scalar tensor)."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_2 = exercises.check("eps_saliency_loss", saliency_loss, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 3 — open: the map-selection strategies.** Predict first: with the **naive** strategy, what
-happens to the objects the detector missed (§8.1), and to mIoU? Then train it — a new folder is
-chosen automatically, since the strategy is part of the checkpoint's fingerprint:
+# %% [markdown]
+# **Exercise 3 — open: the map-selection strategies.** Predict first: with the **naive** strategy, what
+# happens to the objects the detector missed (§8.1), and to mIoU? Then train it — a new folder is
+# chosen automatically, since the strategy is part of the checkpoint's fingerprint:
+#
+# ```python
+# res_naive = stage.run(cfg.replace(strategy="naive"), data, OUT / "naive")
+# stage.saliency_error_study({"adaptive": (EPS_DIR, EPS_BEST),
+#                             "naive": (res_naive.cam_dir, float(res_naive.report["best_threshold"]))}, eval_ds)
+# ```
+#
+# Compare mIoU, the confusion ratios and the "missed" row. Then try `strategy="predefined"` with
+# `predefined_background=("train",)`: what happens to the rails/train confusion ratio, and why?
+# Which class would you list on PASCAL VOC, and what does the adaptive rule do that a list cannot?
+#
+# **Exercise 4 — open: the learned background.** The official pseudo-masks ignore the learned background
+# channel $P_{C+1}$ and use a constant θ = 0.2. Build pseudo-labels from the arg-max over
+# $[P_{C+1}, P_1 y_1, \dots, P_C y_C]$ instead (`wsss_core.models.eps.eps_background_fn` gives $P_{C+1}$; the
+# class maps are `stage.eps_maps(..., scales=(1.0,), flip=False)` *before* the max-normalisation — write
+# the few lines yourself), score them with `wsss_core.evaluation.LabelMapEvaluator`, and compare with §7.2.
+# Why might the authors have preferred a constant?
 
-```python
-res_naive = stage.run(cfg.replace(strategy="naive"), data, OUT / "naive")
-stage.saliency_error_study({"adaptive": (EPS_DIR, EPS_BEST),
-                            "naive": (res_naive.cam_dir, float(res_naive.report["best_threshold"]))}, eval_ds)
-```
+# %% [markdown]
+# ## 10 Summary and pointers
+#
+# * EPS adds a background map to the classifier and a second loss: the softmax maps of the image's
+#   classes, combined as in Eqs. 4–5, must reproduce an off-the-shelf saliency map (Eq. 6).
+# * The saliency map says *where* objects are, pixel by pixel, the image label *which*: together they
+#   remove the context that co-occurs with a class (confusion ratio, §7.3), fill object bodies and
+#   sharpen boundaries (§7.2) — on the same images, backbone, schedule and pseudo-mask rule as CAM.
+# * The adaptive map selection keeps a detector's missed objects out of the loss (§4.2, §8.1); salient
+#   distractors are inherited, and a poor detector can undo the whole gain (§8.2).
+#
+# Our numbers next to the paper's (toy data, a small CNN trained from scratch on a CPU — compare the
+# direction of the changes, not the values):
 
-Compare mIoU, the confusion ratios and the "missed" row. Then try `strategy="predefined"` with
-`predefined_background=("train",)`: what happens to the rails/train confusion ratio, and why?
-Which class would you list on PASCAL VOC, and what does the adaptive rule do that a list cannot?
-
-**Exercise 4 — open: the learned background.** The official pseudo-masks ignore the learned background
-channel $P_{C+1}$ and use a constant θ = 0.2. Build pseudo-labels from the arg-max over
-$[P_{C+1}, P_1 y_1, \dots, P_C y_C]$ instead (`wsss_core.models.eps.eps_background_fn` gives $P_{C+1}$; the
-class maps are `stage.eps_maps(..., scales=(1.0,), flip=False)` *before* the max-normalisation — write
-the few lines yourself), score them with `wsss_core.evaluation.LabelMapEvaluator`, and compare with §7.2.
-Why might the authors have preferred a constant?
-""")
-
-# =====================================================================================================
-# 10 Summary and pointers
-# =====================================================================================================
-md(r"""
-## 10 Summary and pointers
-
-* EPS adds a background map to the classifier and a second loss: the softmax maps of the image's
-  classes, combined as in Eqs. 4–5, must reproduce an off-the-shelf saliency map (Eq. 6).
-* The saliency map says *where* objects are, pixel by pixel, the image label *which*: together they
-  remove the context that co-occurs with a class (confusion ratio, §7.3), fill object bodies and
-  sharpen boundaries (§7.2) — on the same images, backbone, schedule and pseudo-mask rule as CAM.
-* The adaptive map selection keeps a detector's missed objects out of the loss (§4.2, §8.1); salient
-  distractors are inherited, and a poor detector can undo the whole gain (§8.2).
-
-Our numbers next to the paper's (toy data, a small CNN trained from scratch on a CPU — compare the
-direction of the changes, not the values):
-""")
-
-code(r"""
+# %%
 rows = [("pseudo-mask mIoU (train), CAM → EPS", f"{100 * cam_rep['miou']:.1f} → **{100 * eps_rep['miou']:.1f}** (θ*); "
          f"{100 * cam_fix['miou']:.1f} → {100 * eps_fix['miou']:.1f} (θ = {cfg.eval_threshold:g})",
          "47.05 → 69.22 (official README, released weights, no CRF); paper 69.4 w/o CRF, 71.6 with CRF")]
@@ -1036,21 +966,15 @@ rows.append(("training time", f"{res.train_seconds:.0f} s ({engine.select_device
              "20 000 iterations × batch 8 on 2 GPUs"))
 display(Markdown("| | ours (this run) | paper / official code, PASCAL VOC 2012 |\n|---|---|---|\n"
                  + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)))
-""")
 
-md(r"""
-Pointers:
-
-* The official code: `halbielee/EPS` — `eps.py` (the loss), `network/resnet38_eps.py`, `infer.py`.
-  Where it differs from the paper, we follow the code: τ = 0.4 (argparse default 0.5), the overlap
-  ratio is a precision, the learned background channel is unused at inference.
-* EDAM (notebook 03) also uses saliency, but only *after* training, to fix the background of its
-  pseudo-labels; EPS uses it *during* training. Notebook 06 trains a segmentation network on every
-  method's pseudo-labels and puts them in one table.
-* The `paper` profile runs the official recipe on PASCAL VOC 2012 (a ResNet-50 at stride 8 in place of
-  ResNet-38); put one saliency PNG per image under `VOC2012/Saliency/` (EPS used PFAN's maps).
-""")
-
-
-if __name__ == "__main__":
-    NB.write()
+# %% [markdown]
+# Pointers:
+#
+# * The official code: `halbielee/EPS` — `eps.py` (the loss), `network/resnet38_eps.py`, `infer.py`.
+#   Where it differs from the paper, we follow the code: τ = 0.4 (argparse default 0.5), the overlap
+#   ratio is a precision, the learned background channel is unused at inference.
+# * EDAM (notebook 03) also uses saliency, but only *after* training, to fix the background of its
+#   pseudo-labels; EPS uses it *during* training. Notebook 06 trains a segmentation network on every
+#   method's pseudo-labels and puts them in one table.
+# * The `paper` profile runs the official recipe on PASCAL VOC 2012 (a ResNet-50 at stride 8 in place of
+#   ResNet-38); put one saliency PNG per image under `VOC2012/Saliency/` (EPS used PFAN's maps).

@@ -1,60 +1,53 @@
-"""Write notebooks/02_affinitynet_random_walk.ipynb (no outputs, no execution counts).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/_build/build_02.py
+# %% [markdown]
+# # 02 · AffinityNet and the random walk: from the badge to the whole object
+#
+# ## 1 Objective
+#
+# Notebook 01 ended with CAM pseudo-labels that are **precise but incomplete**: a CAM peaks on the
+# small part of an object that tells its class (here: the badge) and fades over the rest of the body,
+# so the body recall stays far below the part recall. **PSA** (Ahn & Kwak, *Learning Pixel-level
+# Semantic Affinity with Image-level Supervision*, CVPR 2018) keeps only what the CAMs are *sure*
+# about — confident foreground near the peaks, confident background far from every peak — and learns
+# from it something CAMs cannot express: which **pairs of nearby pixels belong to the same thing**.
+# That network, **AffinityNet**, needs no class of its own; a pair inside one body and a pair inside
+# the background are both "same", a pair across an object's edge is "different". A **random walk**
+# whose transition probabilities are these affinities then spreads each CAM over the region its peak
+# sits in, and stops at the edges. The same idea, with a boundary network instead, is IRN (Ahn, Cho &
+# Kwak, CVPR 2019), the authors' successor.
+#
+# This notebook builds the affinity labels from notebook 01's CAMs, trains AffinityNet with the
+# project's training engine, runs the walk with a **sparse** transition matrix (the official code uses
+# a dense N × N one — §4.4 shows why that does not scale), and measures what the walk changes: how much
+# of each body it recovers, where it spills, and how it fails when its two knobs are pushed too far.
+#
+# *How to use it:* run top to bottom. It reuses notebook 01's classifier and CAMs from `OUT_DIR` (and
+# makes them first if notebook 01 has not run). With `PROFILE = "tutorial"` the first run trains
+# AffinityNet on a CPU (§10 prints how long everything took); a second run reloads it. `"smoke"` (CI)
+# only proves that the code runs: its classifier is too weak for the pictures to mean anything.
+# Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
 
-Edit the cells here, not in the .ipynb, and re-run this script; the notebook is its output.
-"""
-from __future__ import annotations
+# %% [markdown]
+# ## 2 Parameters
+#
+# Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
+# and `USE_SOLUTIONS`). The method's knobs default to PSA's official values.
 
-from nbbuild import NotebookBuilder
-
-NB = NotebookBuilder("02_affinitynet_random_walk")
-md, code = NB.md, NB.code
-
-
-# =====================================================================================================
-# 1 Objective
-# =====================================================================================================
-md(r"""
-# 02 · AffinityNet and the random walk: from the badge to the whole object
-
-## 1 Objective
-
-Notebook 01 ended with CAM pseudo-labels that are **precise but incomplete**: a CAM peaks on the
-small part of an object that tells its class (here: the badge) and fades over the rest of the body,
-so the body recall stays far below the part recall. **PSA** (Ahn & Kwak, *Learning Pixel-level
-Semantic Affinity with Image-level Supervision*, CVPR 2018) keeps only what the CAMs are *sure*
-about — confident foreground near the peaks, confident background far from every peak — and learns
-from it something CAMs cannot express: which **pairs of nearby pixels belong to the same thing**.
-That network, **AffinityNet**, needs no class of its own; a pair inside one body and a pair inside
-the background are both "same", a pair across an object's edge is "different". A **random walk**
-whose transition probabilities are these affinities then spreads each CAM over the region its peak
-sits in, and stops at the edges. The same idea, with a boundary network instead, is IRN (Ahn, Cho &
-Kwak, CVPR 2019), the authors' successor.
-
-This notebook builds the affinity labels from notebook 01's CAMs, trains AffinityNet with the
-project's training engine, runs the walk with a **sparse** transition matrix (the official code uses
-a dense N × N one — §4.4 shows why that does not scale), and measures what the walk changes: how much
-of each body it recovers, where it spills, and how it fails when its two knobs are pushed too far.
-
-*How to use it:* run top to bottom. It reuses notebook 01's classifier and CAMs from `OUT_DIR` (and
-makes them first if notebook 01 has not run). With `PROFILE = "tutorial"` the first run trains
-AffinityNet on a CPU (§10 prints how long everything took); a second run reloads it. `"smoke"` (CI)
-only proves that the code runs: its classifier is too weak for the pictures to mean anything.
-Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
-""")
-
-# =====================================================================================================
-# 2 Parameters
-# =====================================================================================================
-md(r"""
-## 2 Parameters
-
-Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
-and `USE_SOLUTIONS`). The method's knobs default to PSA's official values.
-""")
-
-code(r"""
+# %% tags=["parameters"]
 PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (laptop CPU, minutes) | "paper" (PASCAL VOC on a GPU)
 DATA_ROOT = None            # None: the profile's default data folder (toy scenes are generated on first use)
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
@@ -70,9 +63,8 @@ RW_ALPHA = 16.0             # background power of the walk's input
 BETA = 8.0                  # β: affinities are raised to this power
 T_STEPS = 256               # t: number of random-walk steps (PSA: 2^8)
 N_SHOW = 5                  # images in the example figures
-""", tags=["parameters"])
 
-code(r"""
+# %%
 # Everything else is derived from the parameters above.
 import json
 import math
@@ -102,7 +94,7 @@ from wsss_core.metrics import ConfusionMatrix
 from wsss_core.stages import affinity as stage
 from wsss_core.stages import cam as cam_stage
 
-%matplotlib inline
+# %matplotlib inline
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9,
                      "image.interpolation": "nearest"})
 T_START = time.perf_counter()
@@ -159,18 +151,17 @@ print(f"labels: α {cfg.fg_alpha:g} / {cfg.bg_alpha:g}, CRF {cfg.crf}; pairs rad
 print(f"outputs: {rel(OUT)}")
 print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
       f"matplotlib {matplotlib.__version__}, wsss_core {wsss_core.__version__}")
-""")
 
-md(r"""
-### The problem on a picture
 
-Each row: an image, its true mask, the CAM pseudo-label that the walk will start from (background
-$(1 - \max_c M_c)^{16}$, §3), and the CAM of the first class in the label. The white outlines are the
-badges. Most of each body that lies away from its badge is background in the pseudo-label — or the
-blob around the badge runs over the body's edge onto the background.
-""")
+# %% [markdown]
+# ### The problem on a picture
+#
+# Each row: an image, its true mask, the CAM pseudo-label that the walk will start from (background
+# $(1 - \max_c M_c)^{16}$, §3), and the CAM of the first class in the label. The white outlines are the
+# badges. Most of each body that lies away from its badge is background in the pseudo-label — or the
+# blob around the badge runs over the body's edge onto the background.
 
-code(r"""
+# %%
 def label_names(label) -> str:
     return ", ".join(NAMES[c + 1] for c in np.flatnonzero(label)) or "(none)"
 
@@ -209,110 +200,101 @@ for i in SHOW:
 fig = viz.image_grid(rows, titles=titles, size=1.8)
 viz.class_legend(fig, NAMES, ignore=True)
 display(fig)
-""")
 
-# =====================================================================================================
-# 3 Theory
-# =====================================================================================================
-md(r"""
-## 3 Theory
+# %% [markdown]
+# ## 3 Theory
+#
+# Symbols follow the PSA paper; equation numbers are ours for this notebook, with the paper's in
+# brackets as we read it. Every formula links to the function that implements it.
+#
+# **Confident regions** (paper §3.2; `wsss_core.affinity.affinity_labels`). With the max-normalised
+# CAMs $M_c$ of the present classes (notebook 01), two background scores
+#
+# $$M_{bg}^{\alpha}(x) = \big(1 - \max_{c} M_c(x)\big)^{\alpha} \qquad [\text{PSA Eq. 2}] \tag{1}$$
+#
+# are built: with a **small** $\alpha_{low}$ (official 4) the background is large, so the foreground that
+# still wins the arg-max over $[M_{bg}^{\alpha_{low}}, M_1, \dots]$ is *confident foreground*; with a
+# **large** $\alpha_{high}$ (official 32, the CVPR paper 24) the background is small, so the background
+# that still wins is *confident background*. The rest is **neutral** (label 255) and never used:
+#
+# $$Y(x) = \begin{cases} \arg\max_c M_c(x) & \text{if it beats } M_{bg}^{\alpha_{low}}(x) \\
+# 0 & \text{if } M_{bg}^{\alpha_{high}}(x) \text{ beats every } M_c(x) \\ 255 & \text{otherwise.} \end{cases} \tag{2}$$
+#
+# For the arg-max the power rule is a threshold in disguise (notebook 01 §3): confident foreground is
+# $\max_c M_c > \theta(\alpha_{low})$ with $(1 - \theta)^{\alpha} = \theta$, i.e. $\theta(4) \approx 0.28$,
+# $\theta(32) \approx 0.075$. IRN uses two constants instead (0.30 and 0.05). PSA refines both score stacks
+# with a dense CRF before the arg-max (optional here: `wsss_core.affinity.crf_refine`).
+#
+# **Pairs** (Eqs. 4–6 of the paper; `wsss_core.affinity.pair_offsets`, `pair_labels`). On the feature
+# grid (stride $s$), every two positions $i, j$ closer than the radius $\gamma$ form a pair:
+#
+# $$\mathcal{P} = \{(i, j) : 0 < \lVert x_i - x_j \rVert_2 < \gamma\}, \qquad
+# \mathcal{P}^{+}_{bg} = \{(i, j) \in \mathcal{P} : Y_i = Y_j = 0\}, \quad
+# \mathcal{P}^{+}_{fg} = \{Y_i = Y_j > 0\}, \quad \mathcal{P}^{-} = \{Y_i \ne Y_j\} \tag{3}$$
+#
+# (pairs touching a neutral position are in none of them). For $\gamma = 5$ each position has 68
+# neighbours, stored once as 34 forward offsets.
+#
+# **Affinity** (paper Eq. 3; `wsss_core.affinity.local_affinities`, `wsss_core.models.affinitynet.AffinityNet`).
+# AffinityNet maps the image to features $f^{aff}$ on the grid; the affinity of a pair is
+#
+# $$W_{ij} = \exp\!\Big(-\tfrac{1}{D}\big\lVert f^{aff}(x_i) - f^{aff}(x_j)\big\rVert_1\Big) \in (0, 1]. \tag{4}$$
+#
+# (The paper writes the L1 norm; the official code takes the channel *mean* — a constant scale.)
+#
+# **Loss** (paper Eqs. 7–10; `wsss_core.affinity.affinity_loss`). Each term is averaged over *its own*
+# pairs, so the rare foreground pairs weigh as much as the plentiful background ones:
+#
+# $$\mathcal{L}^{+}_{bg} = -\frac{1}{|\mathcal{P}^{+}_{bg}|}\sum_{\mathcal{P}^{+}_{bg}} \log W_{ij},\quad
+# \mathcal{L}^{+}_{fg} = -\frac{1}{|\mathcal{P}^{+}_{fg}|}\sum_{\mathcal{P}^{+}_{fg}} \log W_{ij},\quad
+# \mathcal{L}^{-} = -\frac{1}{|\mathcal{P}^{-}|}\sum_{\mathcal{P}^{-}} \log (1 - W_{ij}),$$
+#
+# $$\mathcal{L} = \tfrac14 \mathcal{L}^{+}_{bg} + \tfrac14 \mathcal{L}^{+}_{fg} + \tfrac12 \mathcal{L}^{-}. \tag{5}$$
+#
+# (The paper writes $\mathcal{L}^{+}_{fg} + \mathcal{L}^{+}_{bg} + 2\mathcal{L}^{-}$; the official `train_aff.py`
+# uses the same weights divided by 4, with $\varepsilon = 10^{-5}$ inside the logs — we follow the code.)
+#
+# **Random walk** (paper Eqs. 11–12; `wsss_core.affinity.transition_matrix`, `propagate`,
+# `random_walk_labels`). With $W$ the affinities within the radius ($W_{ii} = 1$, 0 beyond $\gamma$),
+#
+# $$T = D^{-1} W^{\circ\beta}, \qquad D_{ii} = \sum_j W_{ij}^{\beta}, \tag{6}$$
+#
+# a row-stochastic matrix: one step replaces each position's score by an affinity-weighted average of
+# its neighbours'. $\beta$ (8) sharpens — $0.9^8 = 0.43$ but $0.5^8 = 0.004$ — so weak affinities stop the
+# walk. The CAMs, with the background $M_{bg}^{\alpha}$ of Eq. 1 at $\alpha = 16$ in front, are
+# average-pooled onto the grid, propagated $t$ = 256 steps,
+#
+# $$\operatorname{vec}(M^{*}_c) = T^{t} \cdot \operatorname{vec}(M_c) \quad \text{for } c \in \{bg\} \cup \{\text{present classes}\}, \tag{7}$$
+#
+# upsampled bilinearly by $s$ and arg-maxed.
+#
+# **Dense versus sparse.** The official code builds $T$ as a dense $N \times N$ matrix ($N$ = grid
+# positions) and squares it $\log_2 t = 8$ times: $O(N^2)$ memory and $O(N^3)$ work per squaring. But
+# a row of $T$ has at most 69 non-zeros (radius 5), so `wsss_core.affinity.transition_matrix` stores it
+# sparse — $O(N\gamma^2)$ memory — and `propagate` applies it $t$ times (squaring would fill it in).
+#
+# **Measures.** As in notebook 01 (`wsss_core.evaluation.LabelMapEvaluator`): mIoU, class-aware
+# foreground precision/recall, part/body recall, context and background leak, EPS's confusion ratio —
+# all on the training images, whose pseudo-labels a segmentation network would later learn from.
+#
+# **Official code vs paper, and what we changed** (toy scenes; details in `wsss_core/affinity.py`):
+# the official ¼ ¼ ½ loss weights and channel-mean affinity (above); PSA's pair indices skip sources
+# within $\gamma - 1$ of the left, right and bottom border (fixed-size index arrays) — we keep every
+# in-bounds pair; AffinityNet predicts on a **stride-4** grid (24 × 24 for 96-px scenes, IRN's stride)
+# rather than PSA's stride 8, where a radius-5 neighbourhood would cover most of a 12 × 12 map.
+# Two choices are ours, both measured on these scenes (§5.1, §7.3): the labels go through PSA's dense
+# CRF (optional in PSA's README, essential here), and AffinityNet reads only the backbone's two
+# **shallow** levels (receptive field 19 px) instead of PSA's three deepest ones. The toy CAMs come from
+# a 12 × 12 map and spill over the bodies, so without the CRF most *negative* pairs join two background
+# pixels; and a network that can see the badge (the deep level sees 43 px) then learns to redraw the
+# CAM blob instead of the bodies' edges — the walk then cannot do better than the CAMs.
 
-Symbols follow the PSA paper; equation numbers are ours for this notebook, with the paper's in
-brackets as we read it. Every formula links to the function that implements it.
+# %% [markdown]
+# ## 4 From scratch, then the library
+#
+# ### 4.1 Affinity labels of one image (Eqs. 1–2)
 
-**Confident regions** (paper §3.2; `wsss_core.affinity.affinity_labels`). With the max-normalised
-CAMs $M_c$ of the present classes (notebook 01), two background scores
-
-$$M_{bg}^{\alpha}(x) = \big(1 - \max_{c} M_c(x)\big)^{\alpha} \qquad [\text{PSA Eq. 2}] \tag{1}$$
-
-are built: with a **small** $\alpha_{low}$ (official 4) the background is large, so the foreground that
-still wins the arg-max over $[M_{bg}^{\alpha_{low}}, M_1, \dots]$ is *confident foreground*; with a
-**large** $\alpha_{high}$ (official 32, the CVPR paper 24) the background is small, so the background
-that still wins is *confident background*. The rest is **neutral** (label 255) and never used:
-
-$$Y(x) = \begin{cases} \arg\max_c M_c(x) & \text{if it beats } M_{bg}^{\alpha_{low}}(x) \\
-0 & \text{if } M_{bg}^{\alpha_{high}}(x) \text{ beats every } M_c(x) \\ 255 & \text{otherwise.} \end{cases} \tag{2}$$
-
-For the arg-max the power rule is a threshold in disguise (notebook 01 §3): confident foreground is
-$\max_c M_c > \theta(\alpha_{low})$ with $(1 - \theta)^{\alpha} = \theta$, i.e. $\theta(4) \approx 0.28$,
-$\theta(32) \approx 0.075$. IRN uses two constants instead (0.30 and 0.05). PSA refines both score stacks
-with a dense CRF before the arg-max (optional here: `wsss_core.affinity.crf_refine`).
-
-**Pairs** (Eqs. 4–6 of the paper; `wsss_core.affinity.pair_offsets`, `pair_labels`). On the feature
-grid (stride $s$), every two positions $i, j$ closer than the radius $\gamma$ form a pair:
-
-$$\mathcal{P} = \{(i, j) : 0 < \lVert x_i - x_j \rVert_2 < \gamma\}, \qquad
-\mathcal{P}^{+}_{bg} = \{(i, j) \in \mathcal{P} : Y_i = Y_j = 0\}, \quad
-\mathcal{P}^{+}_{fg} = \{Y_i = Y_j > 0\}, \quad \mathcal{P}^{-} = \{Y_i \ne Y_j\} \tag{3}$$
-
-(pairs touching a neutral position are in none of them). For $\gamma = 5$ each position has 68
-neighbours, stored once as 34 forward offsets.
-
-**Affinity** (paper Eq. 3; `wsss_core.affinity.local_affinities`, `wsss_core.models.affinitynet.AffinityNet`).
-AffinityNet maps the image to features $f^{aff}$ on the grid; the affinity of a pair is
-
-$$W_{ij} = \exp\!\Big(-\tfrac{1}{D}\big\lVert f^{aff}(x_i) - f^{aff}(x_j)\big\rVert_1\Big) \in (0, 1]. \tag{4}$$
-
-(The paper writes the L1 norm; the official code takes the channel *mean* — a constant scale.)
-
-**Loss** (paper Eqs. 7–10; `wsss_core.affinity.affinity_loss`). Each term is averaged over *its own*
-pairs, so the rare foreground pairs weigh as much as the plentiful background ones:
-
-$$\mathcal{L}^{+}_{bg} = -\frac{1}{|\mathcal{P}^{+}_{bg}|}\sum_{\mathcal{P}^{+}_{bg}} \log W_{ij},\quad
-\mathcal{L}^{+}_{fg} = -\frac{1}{|\mathcal{P}^{+}_{fg}|}\sum_{\mathcal{P}^{+}_{fg}} \log W_{ij},\quad
-\mathcal{L}^{-} = -\frac{1}{|\mathcal{P}^{-}|}\sum_{\mathcal{P}^{-}} \log (1 - W_{ij}),$$
-
-$$\mathcal{L} = \tfrac14 \mathcal{L}^{+}_{bg} + \tfrac14 \mathcal{L}^{+}_{fg} + \tfrac12 \mathcal{L}^{-}. \tag{5}$$
-
-(The paper writes $\mathcal{L}^{+}_{fg} + \mathcal{L}^{+}_{bg} + 2\mathcal{L}^{-}$; the official `train_aff.py`
-uses the same weights divided by 4, with $\varepsilon = 10^{-5}$ inside the logs — we follow the code.)
-
-**Random walk** (paper Eqs. 11–12; `wsss_core.affinity.transition_matrix`, `propagate`,
-`random_walk_labels`). With $W$ the affinities within the radius ($W_{ii} = 1$, 0 beyond $\gamma$),
-
-$$T = D^{-1} W^{\circ\beta}, \qquad D_{ii} = \sum_j W_{ij}^{\beta}, \tag{6}$$
-
-a row-stochastic matrix: one step replaces each position's score by an affinity-weighted average of
-its neighbours'. $\beta$ (8) sharpens — $0.9^8 = 0.43$ but $0.5^8 = 0.004$ — so weak affinities stop the
-walk. The CAMs, with the background $M_{bg}^{\alpha}$ of Eq. 1 at $\alpha = 16$ in front, are
-average-pooled onto the grid, propagated $t$ = 256 steps,
-
-$$\operatorname{vec}(M^{*}_c) = T^{t} \cdot \operatorname{vec}(M_c) \quad \text{for } c \in \{bg\} \cup \{\text{present classes}\}, \tag{7}$$
-
-upsampled bilinearly by $s$ and arg-maxed.
-
-**Dense versus sparse.** The official code builds $T$ as a dense $N \times N$ matrix ($N$ = grid
-positions) and squares it $\log_2 t = 8$ times: $O(N^2)$ memory and $O(N^3)$ work per squaring. But
-a row of $T$ has at most 69 non-zeros (radius 5), so `wsss_core.affinity.transition_matrix` stores it
-sparse — $O(N\gamma^2)$ memory — and `propagate` applies it $t$ times (squaring would fill it in).
-
-**Measures.** As in notebook 01 (`wsss_core.evaluation.LabelMapEvaluator`): mIoU, class-aware
-foreground precision/recall, part/body recall, context and background leak, EPS's confusion ratio —
-all on the training images, whose pseudo-labels a segmentation network would later learn from.
-
-**Official code vs paper, and what we changed** (toy scenes; details in `wsss_core/affinity.py`):
-the official ¼ ¼ ½ loss weights and channel-mean affinity (above); PSA's pair indices skip sources
-within $\gamma - 1$ of the left, right and bottom border (fixed-size index arrays) — we keep every
-in-bounds pair; AffinityNet predicts on a **stride-4** grid (24 × 24 for 96-px scenes, IRN's stride)
-rather than PSA's stride 8, where a radius-5 neighbourhood would cover most of a 12 × 12 map.
-Two choices are ours, both measured on these scenes (§5.1, §7.3): the labels go through PSA's dense
-CRF (optional in PSA's README, essential here), and AffinityNet reads only the backbone's two
-**shallow** levels (receptive field 19 px) instead of PSA's three deepest ones. The toy CAMs come from
-a 12 × 12 map and spill over the bodies, so without the CRF most *negative* pairs join two background
-pixels; and a network that can see the badge (the deep level sees 43 px) then learns to redraw the
-CAM blob instead of the bodies' edges — the walk then cannot do better than the CAMs.
-""")
-
-# =====================================================================================================
-# 4 From scratch, then the library
-# =====================================================================================================
-md(r"""
-## 4 From scratch, then the library
-
-### 4.1 Affinity labels of one image (Eqs. 1–2)
-""")
-
-code(r"""
+# %%
 EX = SHOW[0]
 M_i, lab_i, raw = load(EX)
 present = np.flatnonzero(lab_i)
@@ -336,16 +318,15 @@ share = {n: float(np.mean(f(Y_lib))) for n, f in [("confident fg", lambda y: (y 
                                                    ("confident bg", lambda y: y == 0), ("neutral", lambda y: y == 255)]}
 print(f"image {raw['id']} ({label_names(lab_i)}): " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
 print("✓ by hand == wsss_core.affinity.affinity_labels")
-""")
 
-md(r"""
-### 4.2 Pairs and their labels (Eq. 3)
 
-The labels are sampled onto the stride-4 grid (the centre pixel of each cell), and every pair within
-the radius is sorted into $\mathcal{P}^{+}_{bg}$, $\mathcal{P}^{+}_{fg}$, $\mathcal{P}^{-}$ with plain loops.
-""")
+# %% [markdown]
+# ### 4.2 Pairs and their labels (Eq. 3)
+#
+# The labels are sampled onto the stride-4 grid (the centre pixel of each cell), and every pair within
+# the radius is sorted into $\mathcal{P}^{+}_{bg}$, $\mathcal{P}^{+}_{fg}$, $\mathcal{P}^{-}$ with plain loops.
 
-code(r"""
+# %%
 def pair_sets_scratch(Y, radius):
     "Eq. 3 with loops: (K, h, w) bool masks of background-positive, foreground-positive and negative pairs."
     offsets = [(0, dx) for dx in range(1, radius)] + [(dy, dx) for dy in range(1, radius)
@@ -375,13 +356,11 @@ print(f"grid {Y_grid.shape}, {len(A.pair_offsets(cfg.radius))} forward offsets, 
       f"{int(A.pair_validity(Y_grid.shape, cfg.radius).sum())} pairs in the grid: "
       f"{int(lib[0].sum())} background-positive, {int(lib[1].sum())} foreground-positive, {int(lib[2].sum())} negative")
 print("✓ loops == wsss_core.affinity.pair_labels")
-""")
 
-md(r"""
-### 4.3 Affinities and the loss (Eqs. 4–5) on random features
-""")
+# %% [markdown]
+# ### 4.3 Affinities and the loss (Eqs. 4–5) on random features
 
-code(r"""
+# %%
 g = torch.Generator().manual_seed(SEED)
 feats = torch.randn(6, *Y_grid.shape, generator=g)                  # (D, h, w) stand-in for AffinityNet's output
 offs = A.pair_offsets(cfg.radius)
@@ -405,13 +384,12 @@ print(f"L+bg {L_bg:.4f}  L+fg {L_fg:.4f}  L- {L_neg:.4f}  →  L = {L_bg / 4 + L
       f"(library {loss['loss'].item():.4f})")
 assert abs(loss["loss"].item() - (L_bg / 4 + L_fg / 4 + L_neg / 2)) < 1e-4
 print("✓ loops == wsss_core.affinity.local_affinities + affinity_loss")
-""")
 
-md(r"""
-### 4.4 The random walk: the official dense matrix by hand, our sparse one from the library (Eqs. 6–7)
-""")
 
-code(r"""
+# %% [markdown]
+# ### 4.4 The random walk: the official dense matrix by hand, our sparse one from the library (Eqs. 6–7)
+
+# %%
 def walk_dense_scratch(aff, x, radius, beta, t):
     "PSA's infer_aff.py in numpy: dense W with 1 on the diagonal, T = D⁻¹W^β, T^t by repeated squaring."
     K, h, w = aff.shape
@@ -446,22 +424,17 @@ for name, (hh, ww) in sizes:
     lines.append(f"| {name} | {N:,} | {A.dense_matrix_bytes(N) / 2**20:,.1f} MiB | "
                  f"{A.sparse_matrix_bytes((hh, ww), 5) / 2**20:,.2f} MiB |")
 display(Markdown("\n".join(lines)))
-""")
 
-# =====================================================================================================
-# 5 Run it
-# =====================================================================================================
-md(r"""
-## 5 Run it
+# %% [markdown]
+# ## 5 Run it
+#
+# ### 5.1 Affinity labels for every training image
+#
+# `stage.ensure_affinity_labels` writes one PNG per training image (0 confident background, $c$
+# confident class, 255 neutral) at full resolution; the training loader augments them together with
+# the image and samples them onto the grid. They are made once and reused.
 
-### 5.1 Affinity labels for every training image
-
-`stage.ensure_affinity_labels` writes one PNG per training image (0 confident background, $c$
-confident class, 255 neutral) at full resolution; the training loader augments them together with
-the image and samples them onto the grid. They are made once and reused.
-""")
-
-code(r"""
+# %%
 label_seconds, reused = stage.ensure_affinity_labels(CAM_DIR, eval_ds, LABEL_DIR, cfg, cam.checkpoint_dir.name)
 print(("reused" if reused else "made") + f" the affinity labels of {len(eval_ds)} images in {rel(LABEL_DIR)} "
       f"({label_seconds:.0f} s)")
@@ -517,27 +490,25 @@ display(Markdown(
 acc_neg = [v["neg"]["accuracy"] for v in pair_acc.values()]
 print(f"negative pairs that really join two different regions: {acc_neg[0]:.0%} with the labels used here"
       + (f", {acc_neg[1]:.0%} without the CRF" if len(acc_neg) > 1 else ""))
-""")
 
-md(r"""
-What to look for: the confident foreground is the CAM blob around each badge; the neutral band
-(cream) separates it from the confident background (dark). Where the blob runs over a body's edge
-(white outline), background pixels are labelled *foreground* — the first table's foreground
-precision counts them. AffinityNet never learns "this pixel is a boat": it learns from *pairs*, so
-the last table is the one that matters. A negative pair is meant to cross an edge; when the blob
-spills onto the background, its negative pairs join background (inside the blob) to background
-(outside it), and the network is taught a boundary where the image has none. The CRF moves the
-blob's border onto colour edges, and most negative pairs become right.
+# %% [markdown]
+# What to look for: the confident foreground is the CAM blob around each badge; the neutral band
+# (cream) separates it from the confident background (dark). Where the blob runs over a body's edge
+# (white outline), background pixels are labelled *foreground* — the first table's foreground
+# precision counts them. AffinityNet never learns "this pixel is a boat": it learns from *pairs*, so
+# the last table is the one that matters. A negative pair is meant to cross an edge; when the blob
+# spills onto the background, its negative pairs join background (inside the blob) to background
+# (outside it), and the network is taught a boundary where the image has none. The CRF moves the
+# blob's border onto colour edges, and most negative pairs become right.
+#
+# ### 5.2 The pairs of one position
+#
+# Three positions of one image on the stride-4 grid, each with its neighbours within the radius:
+# green = foreground-positive pair, blue = background-positive, red = negative, grey = no label (one
+# end neutral). Positions near the neutral band have few labelled pairs; positions inside the blob and
+# the background have many. Below, the counts over the whole training split.
 
-### 5.2 The pairs of one position
-
-Three positions of one image on the stride-4 grid, each with its neighbours within the radius:
-green = foreground-positive pair, blue = background-positive, red = negative, grey = no label (one
-end neutral). Positions near the neutral band have few labelled pairs; positions inside the blob and
-the background have many. Below, the counts over the whole training split.
-""")
-
-code(r"""
+# %%
 M_i, lab_i, raw = load(EX)
 Y = read_label_png(LABEL_DIR / f"{raw['id']}.png")
 Yg = A.downsample_labels(Y, STRIDE)
@@ -579,21 +550,19 @@ n_pairs_img = int(A.pair_validity((hg, wg), cfg.radius).sum())
 print(f"per image ({n_pairs_img} pairs in a {hg}×{wg} grid): background-positive {counts[0] / len(eval_ds):.0f}, "
       f"foreground-positive {counts[1] / len(eval_ds):.0f}, negative {counts[2] / len(eval_ds):.0f} "
       f"(= {counts[0] / max(counts[2], 1):.0f} : {counts[1] / max(counts[2], 1):.0f} : 1) — hence one average per set in Eq. 5")
-""")
 
-md(r"""
-### 5.3 Train AffinityNet
+# %% [markdown]
+# ### 5.3 Train AffinityNet
+#
+# `stage.train_affinitynet` runs the project's engine (`wsss_core.engine.train`: checkpoint every epoch,
+# resume, AMP on a GPU) with the step of `stage.make_affinity_step`: features → affinities of all
+# pairs within the radius → pair labels of the augmented label map → the loss of Eq. 5. The backbone
+# starts from the CAM classifier's (PSA starts from ImageNet weights; ours has none, so the trained
+# classifier is the analogue) and is fine-tuned. Unlike PSA, the head reads only the *shallow* levels
+# `s2` and `s4` (§3): their features see 19 px around each position — enough for a colour edge, not
+# enough to find the badge and redraw the CAM blob around it.
 
-`stage.train_affinitynet` runs the project's engine (`wsss_core.engine.train`: checkpoint every epoch,
-resume, AMP on a GPU) with the step of `stage.make_affinity_step`: features → affinities of all
-pairs within the radius → pair labels of the augmented label map → the loss of Eq. 5. The backbone
-starts from the CAM classifier's (PSA starts from ImageNet weights; ours has none, so the trained
-classifier is the analogue) and is fine-tuned. Unlike PSA, the head reads only the *shallow* levels
-`s2` and `s4` (§3): their features see 19 px around each position — enough for a colour edge, not
-enough to find the badge and redraw the CAM blob around it.
-""")
-
-code(r"""
+# %%
 train_ds = stage.affinity_dataset(data.root, data.train_split, LABEL_DIR, cfg)
 existed = (CKPT_DIR / engine.CHECKPOINT_NAME).is_file()
 t0 = time.perf_counter()
@@ -619,17 +588,15 @@ last = history.epochs[-1]
 print(f"last epoch: L+bg {last['bg_loss']:.3f} (mean affinity of background pairs ≈ {math.exp(-last['bg_loss']):.2f}), "
       f"L+fg {last['fg_loss']:.3f} (≈ {math.exp(-last['fg_loss']):.2f}), L− {last['neg_loss']:.3f} "
       f"(mean affinity of negative pairs ≈ {1 - math.exp(-last['neg_loss']):.2f})")
-""")
 
-md(r"""
-### 5.4 The random walk over the training split
+# %% [markdown]
+# ### 5.4 The random walk over the training split
+#
+# `stage.ensure_rw_labels`: AffinityNet's affinities for each image, the sparse walk of Eqs. 6–7
+# (`wsss_core.affinity.random_walk_labels`), one PNG per image in `rw_labels/` — the pseudo-labels of
+# this notebook.
 
-`stage.ensure_rw_labels`: AffinityNet's affinities for each image, the sparse walk of Eqs. 6–7
-(`wsss_core.affinity.random_walk_labels`), one PNG per image in `rw_labels/` — the pseudo-labels of
-this notebook.
-""")
-
-code(r"""
+# %%
 rw_timing, reused = stage.ensure_rw_labels(model, eval_ds, CAM_DIR, RW_DIR, cfg, CKPT_DIR.name)
 load_avg = f", load average {os.getloadavg()[0]:.1f} now" if hasattr(os, "getloadavg") else ""
 print(("reused" if reused else "made") + f" {len(eval_ds)} random-walk label maps in {rel(RW_DIR)}: "
@@ -645,20 +612,16 @@ def rw_label(i):
 def cam_label(i, alpha=None):
     M_i, lab_i, _ = load(i)
     return wcams.cams_to_labels(M_i, lab_i, alpha=cfg.rw_alpha if alpha is None else alpha)
-""")
 
-# =====================================================================================================
-# 6 Look at it
-# =====================================================================================================
-md(r"""
-## 6 Look at it
 
-Each row: image, true mask, the CAM pseudo-label the walk started from, AffinityNet's **boundary
-map** — $1 - \min$ of each grid position's affinities to its right and lower neighbours (white = the
-network says "different") — and the random-walk pseudo-label.
-""")
+# %% [markdown]
+# ## 6 Look at it
+#
+# Each row: image, true mask, the CAM pseudo-label the walk started from, AffinityNet's **boundary
+# map** — $1 - \min$ of each grid position's affinities to its right and lower neighbours (white = the
+# network says "different") — and the random-walk pseudo-label.
 
-code(r"""
+# %%
 K01, K10 = A.pair_offsets(cfg.radius).index((0, 1)), A.pair_offsets(cfg.radius).index((1, 0))
 
 
@@ -687,16 +650,15 @@ fig = viz.image_grid(rows, titles=titles, size=1.9)
 viz.class_legend(fig, NAMES, ignore=True)
 fig.savefig(OUT / "random_walk.png")
 display(fig)
-""")
 
-md(r"""
-### The walk step by step
 
-One image; top: the score of its first class after $t$ steps (blue 0 → red 1, each map scaled by its
-own maximum), bottom: the arg-max labels at that $t$. $t = 0$ is the pooled CAM input.
-""")
+# %% [markdown]
+# ### The walk step by step
+#
+# One image; top: the score of its first class after $t$ steps (blue 0 → red 1, each map scaled by its
+# own maximum), bottom: the arg-max labels at that $t$. $t = 0$ is the pooled CAM input.
 
-code(r"""
+# %%
 def walk_steps(i, steps, alpha=None, beta=None):
     "Propagated scores (C+1, H, W) after each t in `steps`, reusing one transition matrix."
     M_i, lab_i, raw = load(i)
@@ -722,17 +684,16 @@ fig = viz.image_grid([[viz.heatmap(raw["image"], (s[c] / max(float(s[c].max()), 
                      titles=[[f"t = {t}: score of {NAMES[c]}" for t in ws], [f"labels at t = {t}" for t in ws]], size=1.7)
 fig.savefig(OUT / "walk_steps.png")
 display(fig)
-""")
 
-md(r"""
-### Explore
 
-Browse the training images and the walk's three knobs (in a live Jupyter session; an executed copy
-shows the default setting): the background power $\alpha$ of the walk's input, the sharpening
-$\beta$ and the number of steps $t$.
-""")
+# %% [markdown]
+# ### Explore
+#
+# Browse the training images and the walk's three knobs (in a live Jupyter session; an executed copy
+# shows the default setting): the background power $\alpha$ of the walk's input, the sharpening
+# $\beta$ and the number of steps $t$.
 
-code(r"""
+# %%
 def render(index, alpha, beta, t):
     ws, M_i, lab_i, raw = walk_steps(index, [int(t)], alpha=alpha, beta=beta)
     pl = ws[int(t)].argmax(0).numpy()
@@ -747,22 +708,17 @@ def render(index, alpha, beta, t):
 
 widgets.explore(render, index=(0, len(eval_ds) - 1, 1, int(EX)), alpha=(1.0, 64.0, 1.0, float(cfg.rw_alpha)),
                 beta=(1.0, 32.0, 1.0, float(cfg.beta)), t=(0, 2048, 16, int(cfg.t)));
-""")
 
-# =====================================================================================================
-# 7 Measure it
-# =====================================================================================================
-md(r"""
-## 7 Measure it
+# %% [markdown]
+# ## 7 Measure it
+#
+# ### 7.1 The walk against the CAMs it started from
+#
+# Same training images, same evaluation. Two CAM rows: the CAMs with the walk's own background
+# ($\alpha = 16$, exactly the walk's input — `cam_miou` in `metrics.json`), and notebook 01's best
+# constant threshold $\theta^*$ (an oracle: chosen with the ground truth).
 
-### 7.1 The walk against the CAMs it started from
-
-Same training images, same evaluation. Two CAM rows: the CAMs with the walk's own background
-($\alpha = 16$, exactly the walk's input — `cam_miou` in `metrics.json`), and notebook 01's best
-constant threshold $\theta^*$ (an oracle: chosen with the ground truth).
-""")
-
-code(r"""
+# %%
 rep_rw = stage.evaluate_label_dir(RW_DIR, eval_ds, data.context_pairs, progress=True)
 rep_cam = stage.evaluate_cams_alpha(CAM_DIR, eval_ds, cfg.rw_alpha, data.context_pairs)
 rep_best = cam.report
@@ -799,18 +755,16 @@ print(f"the walk changes mIoU by {100 * d_miou:+.1f} points over its input (CAM 
       f"{rep_cam['miou']:.3f} → {rep_rw['miou']:.3f}) and by {100 * (rep_rw['miou'] - rep_best['miou']):+.1f} over the oracle CAM threshold; "
       f"foreground recall {d_rec:+.3f}, precision {d_prec:+.3f}; body recall {rep_cam.get('body_recall', math.nan):.3f} → "
       f"{rep_rw.get('body_recall', math.nan):.3f}")
-""")
 
-md(r"""
-### 7.2 Where it helps and where it hurts
+# %% [markdown]
+# ### 7.2 Where it helps and where it hurts
+#
+# Every object of the training split, with the toy scenes' flags (`Annotations/*.xml`): *camouflaged*
+# bodies take their colour from the background under them, *touching* objects have another object
+# within 2 px, *non-convex* bodies have holes or bays. For each kind: the share of its pixels given its
+# class before and after the walk.
 
-Every object of the training split, with the toy scenes' flags (`Annotations/*.xml`): *camouflaged*
-bodies take their colour from the background under them, *touching* objects have another object
-within 2 px, *non-convex* bodies have holes or bays. For each kind: the share of its pixels given its
-class before and after the walk.
-""")
-
-code(r"""
+# %%
 obj_ds = VOCLayoutDataset(data.root, data.train_split, saliency_dir=None, cache=True)   # + instance masks
 assert obj_ds.ids == eval_ds.ids
 objs = stage.object_report({"cam": cam_label, "rw": rw_label}, obj_ds, progress=True)
@@ -865,29 +819,27 @@ for rank, i in enumerate(pick):
 fig = viz.image_grid(rows, titles=titles, size=1.8)
 fig.savefig(OUT / "gains_losses.png")
 display(fig)
-""")
 
-md(r"""
-How to read this: AffinityNet's boundary map draws the bodies' colour edges, so the walk cuts the CAM
-blobs back to the bodies — the gains of §7.1 are mostly *precision* (the blob's spill onto the
-background and onto water and rails shrinks) — and fills a body where its edge is closed (the two
-top rows). It loses where the edge is not closed or the body is hard to tell from what lies under it:
-camouflaged bodies lose most in the table. The background's mass then flows in through the gap and
-washes a body with a weak CAM out (both bottom rows: the bodies end as background). Between two
-touching bodies, the class with the stronger CAM can also spread over its neighbour. The per-image
-histogram says how often the walk helps and how often it hurts.
+# %% [markdown]
+# How to read this: AffinityNet's boundary map draws the bodies' colour edges, so the walk cuts the CAM
+# blobs back to the bodies — the gains of §7.1 are mostly *precision* (the blob's spill onto the
+# background and onto water and rails shrinks) — and fills a body where its edge is closed (the two
+# top rows). It loses where the edge is not closed or the body is hard to tell from what lies under it:
+# camouflaged bodies lose most in the table. The background's mass then flows in through the gap and
+# washes a body with a weak CAM out (both bottom rows: the bodies end as background). Between two
+# touching bodies, the class with the stronger CAM can also spread over its neighbour. The per-image
+# histogram says how often the walk helps and how often it hurts.
+#
+# ### 7.3 Is it the affinities? The learned ones against the truth, and the walk with perfect ones
+#
+# Two checks that use the true instance maps (so the method could not use them): how well AffinityNet's
+# affinities tell "same region" pairs (background counts as one region) from "different region" pairs —
+# the ROC-AUC over all pairs within the radius, and the mean affinity per kind of pair — and what the
+# *same* walk (same CAMs, $\alpha$, $\beta$, $t$) gives with **perfect affinities**: 1 inside a true
+# region, 0 across. That oracle walk is the ceiling of this stage; the gap between it and ours is
+# AffinityNet's.
 
-### 7.3 Is it the affinities? The learned ones against the truth, and the walk with perfect ones
-
-Two checks that use the true instance maps (so the method could not use them): how well AffinityNet's
-affinities tell "same region" pairs (background counts as one region) from "different region" pairs —
-the ROC-AUC over all pairs within the radius, and the mean affinity per kind of pair — and what the
-*same* walk (same CAMs, $\alpha$, $\beta$, $t$) gives with **perfect affinities**: 1 inside a true
-region, 0 across. That oracle walk is the ceiling of this stage; the gap between it and ours is
-AffinityNet's.
-""")
-
-code(r"""
+# %%
 from wsss_core.evaluation import LabelMapEvaluator
 
 
@@ -924,20 +876,18 @@ print(f"perfect affinities: {100 * gap_o:+.1f} mIoU points over the CAMs "
       f"recall {diag['oracle']['fg_recall'] - diag['cam']['fg_recall']:+.3f}); AffinityNet's: "
       f"{100 * (diag['rw']['miou'] - diag['cam']['miou']):+.1f} (precision {diag['rw']['fg_precision'] - diag['cam']['fg_precision']:+.3f}, "
       f"recall {diag['rw']['fg_recall'] - diag['cam']['fg_recall']:+.3f})")
-""")
 
-md(r"""
-Where does the gain come from? On PASCAL VOC a CAM covers only the most discriminative part and the
-walk mainly adds **recall**. Compare the precision and recall of the CAM column here: where the
-walk's input already reaches most of each body and spills past its edge — the toy CAMs are
-upsampled from a 12 × 12 map, so their blobs are wide — even the perfect walk mostly gains
-**precision**, by cutting the blob back to the body, and recall only where a body's far end is
-missing. The mean affinity *per kind* explains the rest of the gap: a walk of $t$ = 256 steps
-crosses any edge whose affinity is not ≈ 0 after the power β, and stalls inside a body whose affinity
-is far below 1.
-""")
+# %% [markdown]
+# Where does the gain come from? On PASCAL VOC a CAM covers only the most discriminative part and the
+# walk mainly adds **recall**. Compare the precision and recall of the CAM column here: where the
+# walk's input already reaches most of each body and spills past its edge — the toy CAMs are
+# upsampled from a 12 × 12 map, so their blobs are wide — even the perfect walk mostly gains
+# **precision**, by cutting the blob back to the body, and recall only where a body's far end is
+# missing. The mean affinity *per kind* explains the rest of the gap: a walk of $t$ = 256 steps
+# crosses any edge whose affinity is not ≈ 0 after the power β, and stalls inside a body whose affinity
+# is far below 1.
 
-code(r"""
+# %%
 metrics = {
     "cam_miou": rep_cam["miou"],                     # CAMs with the walk's background α, same images (the walk's input)
     "cam_alpha": cfg.rw_alpha,
@@ -979,24 +929,19 @@ cam_stage.write_metrics(OUT / "metrics.json", metrics)
 print(f"wrote {rel(OUT / 'metrics.json')}: cam_miou {metrics['cam_miou']:.3f}, rw_miou {metrics['rw_miou']:.3f}, "
       f"rw_fg_precision {metrics['rw_fg_precision']:.3f}, rw_fg_recall {metrics['rw_fg_recall']:.3f}, "
       f"rw_seconds_per_image {metrics['rw_seconds_per_image']:.4f}")
-""")
 
-# =====================================================================================================
-# 8 What goes wrong
-# =====================================================================================================
-md(r"""
-## 8 What goes wrong: β too small, t too large
+# %% [markdown]
+# ## 8 What goes wrong: β too small, t too large
+#
+# The walk has two knobs that trade spreading against stopping. With a small $\beta$, weak affinities
+# across an edge are not suppressed ($0.5^1 = 0.5$ instead of $0.5^8 = 0.004$), so every region leaks
+# into its neighbours; with many steps, even small leaks add up, and each connected region tends to its
+# *average* score. The background has by far the most mass, so both failures end the same way: the
+# objects are **washed into the background**. Below, the mean mIoU of the first images of the training
+# split over a range of $\beta$ (with $t$ fixed) and of $t$ (with $\beta$ fixed), and one image at the
+# extremes.
 
-The walk has two knobs that trade spreading against stopping. With a small $\beta$, weak affinities
-across an edge are not suppressed ($0.5^1 = 0.5$ instead of $0.5^8 = 0.004$), so every region leaks
-into its neighbours; with many steps, even small leaks add up, and each connected region tends to its
-*average* score. The background has by far the most mass, so both failures end the same way: the
-objects are **washed into the background**. Below, the mean mIoU of the first images of the training
-split over a range of $\beta$ (with $t$ fixed) and of $t$ (with $\beta$ fixed), and one image at the
-extremes.
-""")
-
-code(r"""
+# %%
 N_SWEEP = min(len(eval_ds), 60 if PROFILE == "tutorial" else 16)
 BETAS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
 TS = [0, 4, 16, 64, 256, 1024, 4096]
@@ -1043,115 +988,102 @@ print(f"β = 1: mIoU {mi_b[0]:.3f}, foreground recall {fg_b[0]:.2f}"
       + (f" (β = {cfg.beta:g}: {mi_b[jb]:.3f}, {fg_b[jb]:.2f})" if jb is not None else "")
       + f"; t = {TS[-1]}: mIoU {mi_t[-1]:.3f}, foreground recall {fg_t[-1]:.2f}"
       + (f" (t = {cfg.t}: {mi_t[jt]:.3f}, {fg_t[jt]:.2f})" if jt is not None else ""))
-""")
 
-md(r"""
-Both curves have a maximum: too little sharpening or too many steps wash the objects out, too much
-sharpening or too few steps leave the CAMs as they were (at $t = 0$ the walk *is* the pooled CAM).
-PSA's $\beta = 8$, $t = 256$ were tuned on VOC; the sweep says whether they suit these scenes too —
-but note that choosing them this way uses the ground truth, as the oracle threshold of notebook 01 did.
-""")
 
-# =====================================================================================================
-# 9 Exercises
-# =====================================================================================================
-md(r"""
-## 9 Exercises
+# %% [markdown]
+# Both curves have a maximum: too little sharpening or too many steps wash the objects out, too much
+# sharpening or too few steps leave the CAMs as they were (at $t = 0$ the walk *is* the pooled CAM).
+# PSA's $\beta = 8$, $t = 256$ were tuned on VOC; the sweep says whether they suit these scenes too —
+# but note that choosing them this way uses the ground truth, as the oracle threshold of notebook 01 did.
 
-**Exercise 1 — the pair sets (Eq. 3).** Write `pair_sets(label, radius)`: `label` is an `(h, w)`
-integer numpy array (0 background, $c > 0$ a class, 255 neutral); return three `(K, h, w)` boolean
-arrays `(bg_pos, fg_pos, neg)` over the forward offsets of `wsss_core.affinity.pair_offsets(radius)`
-(in that order), where entry `[k, y, x]` describes the pair `(y, x)`–`(y + dy_k, x + dx_k)`. Try it
-without loops over pixels (one slice per offset).
-""")
+# %% [markdown]
+# ## 9 Exercises
+#
+# **Exercise 1 — the pair sets (Eq. 3).** Write `pair_sets(label, radius)`: `label` is an `(h, w)`
+# integer numpy array (0 background, $c > 0$ a class, 255 neutral); return three `(K, h, w)` boolean
+# arrays `(bg_pos, fg_pos, neg)` over the forward offsets of `wsss_core.affinity.pair_offsets(radius)`
+# (in that order), where entry `[k, y, x]` describes the pair `(y, x)`–`(y + dy_k, x + dx_k)`. Try it
+# without loops over pixels (one slice per offset).
 
-code(r"""
+# %%
 def pair_sets(label, radius):
     "label (h, w) int → (bg_pos, fg_pos, neg), each (K, h, w) bool over A.pair_offsets(radius)."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_1 = exercises.check("pair_sets", pair_sets, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 2 — the transition matrix (Eq. 6).** Write `transition_matrix_dense(aff, radius, beta)`:
-`aff` is a `(K, h, w)` float64 tensor of forward affinities (0 where the target leaves the grid);
-return the dense `(N, N)` float64 tensor $T = D^{-1}W^{\circ\beta}$ with $W_{ii} = 1$ and
-$W_{ij} = W_{ji}$ = the pair's affinity (positions numbered row by row).
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 2 — the transition matrix (Eq. 6).** Write `transition_matrix_dense(aff, radius, beta)`:
+# `aff` is a `(K, h, w)` float64 tensor of forward affinities (0 where the target leaves the grid);
+# return the dense `(N, N)` float64 tensor $T = D^{-1}W^{\circ\beta}$ with $W_{ii} = 1$ and
+# $W_{ij} = W_{ji}$ = the pair's affinity (positions numbered row by row).
+
+# %%
 def transition_matrix_dense(aff, radius, beta):
     "aff (K, h, w) → T (N, N), N = h·w, rows summing to 1."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_2 = exercises.check("transition_matrix_dense", transition_matrix_dense, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 3 — a walk that stays sparse (Eq. 7).** Write `walk(T, x, t)`: `T` is a
-`scipy.sparse.csr_matrix` (N × N), `x` a `(C, N)` numpy array; return $T^t x$ for every channel as a
-`(C, N)` array, without ever making a dense N × N matrix. Then time it against
-`np.linalg.matrix_power(T.toarray(), t)` on a 64 × 64 grid — and predict first which is faster, and
-by how much.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 3 — a walk that stays sparse (Eq. 7).** Write `walk(T, x, t)`: `T` is a
+# `scipy.sparse.csr_matrix` (N × N), `x` a `(C, N)` numpy array; return $T^t x$ for every channel as a
+# `(C, N)` array, without ever making a dense N × N matrix. Then time it against
+# `np.linalg.matrix_power(T.toarray(), t)` on a 64 × 64 grid — and predict first which is faster, and
+# by how much.
+
+# %%
 def walk(T, x, t):
     "T (N, N) scipy sparse, x (C, N) → T^t applied to every row of x, (C, N)."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_3 = exercises.check("walk_sparse", walk, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 4 — open: what should AffinityNet learn from, and with what?** §5.1 showed that the
-confident foreground spills over the bodies' edges unless the CRF pulls it back. Try, one at a time,
-and compare §7.1's and §7.3's tables and the boundary maps of §6 (each run trains a new AffinityNet
-in its own folder under `OUT_DIR`): (a) `USE_CRF = False`; (b) PSA's levels — the deep one too:
-`cfg.replace(levels=None, level_channels=(32, 64, 128))`; (c) stricter labels without the CRF,
-`FG_ALPHA = 1`, or IRN's constants, `cfg.replace(label_mode="threshold")`; (d) a fresh backbone,
-`cfg.replace(init_from_classifier=False)`. Which change moves the *boundary map* onto the objects'
-edges? Why can a network that sees the badge learn the CAM blob from the pairs, and one that sees
-19 px cannot? (Hint: what do the wrong negative pairs of §5.1 join?)
+# %% [markdown]
+# **Exercise 4 — open: what should AffinityNet learn from, and with what?** §5.1 showed that the
+# confident foreground spills over the bodies' edges unless the CRF pulls it back. Try, one at a time,
+# and compare §7.1's and §7.3's tables and the boundary maps of §6 (each run trains a new AffinityNet
+# in its own folder under `OUT_DIR`): (a) `USE_CRF = False`; (b) PSA's levels — the deep one too:
+# `cfg.replace(levels=None, level_channels=(32, 64, 128))`; (c) stricter labels without the CRF,
+# `FG_ALPHA = 1`, or IRN's constants, `cfg.replace(label_mode="threshold")`; (d) a fresh backbone,
+# `cfg.replace(init_from_classifier=False)`. Which change moves the *boundary map* onto the objects'
+# edges? Why can a network that sees the badge learn the CAM blob from the pairs, and one that sees
+# 19 px cannot? (Hint: what do the wrong negative pairs of §5.1 join?)
+#
+# **Exercise 5 — open: stride 8.** Train with `cfg.replace(feature_stride=8, backbone_kwargs={"width": 32,
+# "output_stride": 8})` (PSA's stride). With radius 5 on the 12 × 12 grid of a 96-px scene, how much of
+# the image does one neighbourhood cover, and what happens to small objects?
 
-**Exercise 5 — open: stride 8.** Train with `cfg.replace(feature_stride=8, backbone_kwargs={"width": 32,
-"output_stride": 8})` (PSA's stride). With radius 5 on the 12 × 12 grid of a 96-px scene, how much of
-the image does one neighbourhood cover, and what happens to small objects?
-""")
+# %% [markdown]
+# ## 10 Summary and pointers
+#
+# * CAMs are sure about little — the badges and the far background — and PSA keeps only that
+#   (Eqs. 1–2). From pairs of confident pixels AffinityNet learns which neighbours belong together
+#   (Eqs. 3–5), a class-agnostic notion that carries to the body pixels the CAMs missed.
+# * A random walk with the affinities as transition probabilities (Eqs. 6–7) spreads each class from
+#   its peak over its region and stops where affinities are low. $T$ is sparse; kept sparse, the walk
+#   costs $O(N\gamma^2)$ memory instead of the official code's $O(N^2)$ (§4.4; `benchmarks/bench_random_walk.py`).
+# * The walk is only as good as the boundaries AffinityNet learned (§7.3: the same walk with perfect
+#   affinities is the ceiling). Labels that spill over object edges make wrong *negative* pairs and, with
+#   features that can see the badge, teach the network the CAM blob (§5.1) — hence the CRF and the
+#   shallow levels here. Camouflaged and touching objects leak, and too small a $\beta$ or too many
+#   steps wash objects into the background (§8).
+#
+# The numbers of this run next to PSA's (toy scenes, small CNN, CPU — compare the pattern, not the
+# absolute values):
 
-# =====================================================================================================
-# 10 Summary and pointers
-# =====================================================================================================
-md(r"""
-## 10 Summary and pointers
-
-* CAMs are sure about little — the badges and the far background — and PSA keeps only that
-  (Eqs. 1–2). From pairs of confident pixels AffinityNet learns which neighbours belong together
-  (Eqs. 3–5), a class-agnostic notion that carries to the body pixels the CAMs missed.
-* A random walk with the affinities as transition probabilities (Eqs. 6–7) spreads each class from
-  its peak over its region and stops where affinities are low. $T$ is sparse; kept sparse, the walk
-  costs $O(N\gamma^2)$ memory instead of the official code's $O(N^2)$ (§4.4; `benchmarks/bench_random_walk.py`).
-* The walk is only as good as the boundaries AffinityNet learned (§7.3: the same walk with perfect
-  affinities is the ceiling). Labels that spill over object edges make wrong *negative* pairs and, with
-  features that can see the badge, teach the network the CAM blob (§5.1) — hence the CRF and the
-  shallow levels here. Camouflaged and touching objects leak, and too small a $\beta$ or too many
-  steps wash objects into the background (§8).
-
-The numbers of this run next to PSA's (toy scenes, small CNN, CPU — compare the pattern, not the
-absolute values):
-""")
-
-code(r"""
+# %%
 total_seconds = time.perf_counter() - T_START
 summary = [
     ("CAM pseudo-labels, mIoU", f"{100 * rep_cam['miou']:.1f} (α = {cfg.rw_alpha:g}); {100 * rep_best['miou']:.1f} (oracle θ*)",
@@ -1168,20 +1100,14 @@ summary = [
 ]
 display(Markdown("| | ours (this run, toy scenes) | PSA, PASCAL VOC 2012 train |\n|---|---|---|\n"
                  + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in summary)))
-""")
 
-md(r"""
-Pointers:
-
-* **IRN** (Ahn, Cho & Kwak, CVPR 2019) replaces AffinityNet's features by a class-boundary map and
-  derives each pair's affinity from the strongest boundary on the line between them; it trains at
-  stride 4 with radius 10, walks with $\beta = 10$ and reports 66.5 mIoU on VOC train (CAM 48.3).
-* The walk's labels become the training set of a segmentation network (notebook 06, PSA: DeepLab on
-  ResNet-38, VOC val 61.7).
-* **EDAM** (notebook 03) and **EPS** (notebook 05) attack the CAMs themselves — their completeness and
-  their leak onto co-occurring context — instead of post-processing them.
-""")
-
-
-if __name__ == "__main__":
-    NB.write()
+# %% [markdown]
+# Pointers:
+#
+# * **IRN** (Ahn, Cho & Kwak, CVPR 2019) replaces AffinityNet's features by a class-boundary map and
+#   derives each pair's affinity from the strongest boundary on the line between them; it trains at
+#   stride 4 with radius 10, walks with $\beta = 10$ and reports 66.5 mIoU on VOC train (CAM 48.3).
+# * The walk's labels become the training set of a segmentation network (notebook 06, PSA: DeepLab on
+#   ResNet-38, VOC val 61.7).
+# * **EDAM** (notebook 03) and **EPS** (notebook 05) attack the CAMs themselves — their completeness and
+#   their leak onto co-occurring context — instead of post-processing them.

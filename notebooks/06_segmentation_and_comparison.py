@@ -1,59 +1,52 @@
-"""Write notebooks/06_segmentation_and_comparison.ipynb (no outputs, no execution counts).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/_build/build_06.py
+# %% [markdown]
+# # 06 · The segmentation network, and every method side by side
+#
+# ## 1 Objective
+#
+# Notebooks 01–05 each end with **pseudo-labels**: a mask for every training image, made from image
+# labels (CAM, AffinityNet + random walk, EDAM, EPS) or from boxes (GrabCut, Box2Seg). None of the papers
+# stops there. Their last step is always the same: train an ordinary **fully supervised segmentation
+# network** (DeepLab) on the pseudo-labels as if they were true masks, and report its mIoU on the
+# *validation* images — images whose pseudo-labels were never made. That is what this notebook does,
+# with **one network, one schedule and one seed for every method**, plus the same network trained on
+# the *true* masks: the upper bound. The table of §7 is the page to read first:
+#
+# * *pseudo-label mIoU (train)* — how good the labels are (the papers' "train" column);
+# * *segmentation mIoU (val)* — how good a network trained on them is (the papers' headline figure);
+# * *weak / full* — the second over the same network's figure with true masks: how much of full
+#   supervision the weak labels buy.
+#
+# Two questions to keep in mind: does the network end up *better* than its labels (it never sees a
+# label's mistakes consistently — §7.2), and which mistakes does it *inherit* (§8)?
+#
+# *How to use it:* run it after notebooks 01–05 with the same `PROFILE`, `OUT_DIR` and `SEED` — each
+# method's stage then finds its notebook's classifier, maps and labels in `OUT_DIR` and only the
+# segmenters are trained here (about a minute each on a laptop CPU for the tutorial profile). Run on
+# its own, it first runs every method's stage (much longer). `"smoke"` (CI) proves the code path only.
+# Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
 
-Edit the cells here, not in the .ipynb, and re-run this script; the notebook is its output.
-"""
-from __future__ import annotations
+# %% [markdown]
+# ## 2 Parameters
+#
+# Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
+# and `USE_SOLUTIONS`).
 
-from nbbuild import NotebookBuilder
-
-NB = NotebookBuilder("06_segmentation_and_comparison")
-md, code = NB.md, NB.code
-
-
-# =====================================================================================================
-# 1 Objective
-# =====================================================================================================
-md(r"""
-# 06 · The segmentation network, and every method side by side
-
-## 1 Objective
-
-Notebooks 01–05 each end with **pseudo-labels**: a mask for every training image, made from image
-labels (CAM, AffinityNet + random walk, EDAM, EPS) or from boxes (GrabCut, Box2Seg). None of the papers
-stops there. Their last step is always the same: train an ordinary **fully supervised segmentation
-network** (DeepLab) on the pseudo-labels as if they were true masks, and report its mIoU on the
-*validation* images — images whose pseudo-labels were never made. That is what this notebook does,
-with **one network, one schedule and one seed for every method**, plus the same network trained on
-the *true* masks: the upper bound. The table of §7 is the page to read first:
-
-* *pseudo-label mIoU (train)* — how good the labels are (the papers' "train" column);
-* *segmentation mIoU (val)* — how good a network trained on them is (the papers' headline figure);
-* *weak / full* — the second over the same network's figure with true masks: how much of full
-  supervision the weak labels buy.
-
-Two questions to keep in mind: does the network end up *better* than its labels (it never sees a
-label's mistakes consistently — §7.2), and which mistakes does it *inherit* (§8)?
-
-*How to use it:* run it after notebooks 01–05 with the same `PROFILE`, `OUT_DIR` and `SEED` — each
-method's stage then finds its notebook's classifier, maps and labels in `OUT_DIR` and only the
-segmenters are trained here (about a minute each on a laptop CPU for the tutorial profile). Run on
-its own, it first runs every method's stage (much longer). `"smoke"` (CI) proves the code path only.
-Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
-""")
-
-# =====================================================================================================
-# 2 Parameters
-# =====================================================================================================
-md(r"""
-## 2 Parameters
-
-Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
-and `USE_SOLUTIONS`).
-""")
-
-code(r"""
+# %% tags=["parameters"]
 PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (laptop CPU, minutes) | "paper" (PASCAL VOC on a GPU)
 DATA_ROOT = None            # None: the profile's default data folder
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
@@ -64,9 +57,8 @@ METHODS = None              # None: all; or a list of keys, e.g. ["cam", "eps", 
 EPOCHS = None               # None: the profile's segmenter epochs
 CRF = False                 # dense CRF after multi-scale + flip inference (needs pydensecrf2)
 N_SHOW = 6                  # validation images in the figures
-""", tags=["parameters"])
 
-code(r"""
+# %%
 import json
 import os
 import platform
@@ -86,7 +78,7 @@ from wsss_core.data.palette import read_label_png
 from wsss_core.models.deeplab import multiscale_predict
 from wsss_core.stages import segmentation as seg
 
-%matplotlib inline
+# %matplotlib inline
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9,
                      "image.interpolation": "nearest"})
 engine.seed_everything(SEED)
@@ -128,17 +120,15 @@ print(f"segmenter: DeepLab-{seg_cfg.head} on {seg_cfg.backbone} {seg_cfg.backbon
 print(f"outputs: {rel(OUT)}")
 print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
       f"matplotlib {matplotlib.__version__}, wsss_core {wsss_core.__version__}")
-""")
 
-md(r"""
-### Every method's pseudo-labels
+# %% [markdown]
+# ### Every method's pseudo-labels
+#
+# Each method's stage is called with the profile's preset and this run's seed. When its notebook ran
+# before into the same `OUT_DIR`, the stage finds its checkpoints and label folders there and returns
+# at once; otherwise it trains now (the progress bars say so).
 
-Each method's stage is called with the profile's preset and this run's seed. When its notebook ran
-before into the same `OUT_DIR`, the stage finds its checkpoints and label folders there and returns
-at once; otherwise it trains now (the progress bars say so).
-""")
-
-code(r"""
+# %%
 t0 = time.perf_counter()
 LABEL_DIRS, SKIPPED = {}, {}
 for k in KEYS:
@@ -153,17 +143,15 @@ for k, why in SKIPPED.items():
     print(f"{k:12s} skipped: {why}")
 KEYS = [k for k in KEYS if k in LABEL_DIRS]
 print(f"stages ready in {stage_seconds:.0f} s")
-""")
 
-md(r"""
-### The problem on a picture
+# %% [markdown]
+# ### The problem on a picture
+#
+# The same training images under every method's pseudo-labels (VOC palette; white = 255, "don't
+# know", ignored by the loss). The segmenter of each row below is trained on *these* masks — their
+# mistakes are what it learns from.
 
-The same training images under every method's pseudo-labels (VOC palette; white = 255, "don't
-know", ignored by the loss). The segmenter of each row below is trained on *these* masks — their
-mistakes are what it learns from.
-""")
-
-code(r"""
+# %%
 train_true = seg.label_dataset(data.root, data.train_split, seg_cfg, None, train=False)
 counts = np.bincount(np.concatenate([np.unique(train_true.get_raw(i)["mask"]) for i in range(min(len(train_true), 200))]),
                      minlength=256)
@@ -179,65 +167,56 @@ for k in KEYS:
 fig = viz.image_grid(rows_img, row_titles=titles, size=1.5)
 viz.class_legend(fig, NAMES, ignore=True)
 display(fig)
-""")
 
-# =====================================================================================================
-# 3 Theory
-# =====================================================================================================
-md(r"""
-## 3 Theory
+# %% [markdown]
+# ## 3 Theory
+#
+# **The network** (`wsss_core.models.deeplab.DeepLab`). A backbone (ResNet-101 at output stride 8 in
+# the papers; `CompactCNN` here) gives features $f$; DeepLab-v2's ASPP head sums $K{+}1$-channel
+# classifiers applied with several dilation rates $r$ (6, 12, 18, 24 on VOC) — the same pixel seen with
+# several fields of view (Chen et al., TPAMI 2018, Eq. 1 there):
+#
+# $$z(x) = \sum_{r \in R} W_r \ast_r f\,(x), \qquad p_k(x) = \operatorname{softmax}_k\, z(x). \tag{1}$$
+#
+# The tutorial profile uses the v3+ variant (parallel dilated branches concatenated, and a decoder that
+# mixes in stride-4 features; Chen et al., ECCV 2018), because a 96-px scene is only 12 × 12 at stride 8.
+#
+# **The loss** (`wsss_core.stages.segmentation.segmentation_step`): per-pixel cross-entropy against the
+# pseudo-label $\hat y$, averaged over the pixels that are not "ignore" (255) — the set $\Omega$:
+#
+# $$\mathcal{L} = -\frac{1}{|\Omega|} \sum_{x \in \Omega} \log p_{\hat y(x)}(x). \tag{2}$$
+#
+# Every pseudo-label maker of notebooks 01–05 is judged by what Eq. 2 does with its output: ignore
+# pixels cost nothing, wrong pixels pull the network the wrong way.
+#
+# **Inference** (`wsss_core.models.deeplab.multiscale_predict`): probabilities averaged over scales $S$
+# and horizontal flips, resized back to the image (then optionally a dense CRF, `dense_crf`):
+#
+# $$\bar p(x) = \frac{1}{2|S|} \sum_{s \in S} \sum_{\phi \in \{\mathrm{id}, \mathrm{flip}\}}
+# \phi^{-1}\Big(\mathrm{up}\big(p(\phi(\mathrm{down}_s I))\big)\Big)(x), \qquad y(x) = \arg\max_k \bar p_k(x). \tag{3}$$
+#
+# **Measures** (`wsss_core.evaluation.LabelMapEvaluator`): the mean over the $K{+}1$ classes of
+# $\mathrm{IoU}_k = \frac{TP_k}{TP_k + FP_k + FN_k}$, accumulated over *all* pixels of a split (not per
+# image), and
+#
+# $$\text{weak/full} = \frac{\text{mIoU}_{\text{val}}(\text{network trained on pseudo-labels})}
+# {\text{mIoU}_{\text{val}}(\text{the same network trained on true masks})}. \tag{4}$$
+#
+# **Why a network can beat its labels.** Pseudo-label errors are *per image* (a CAM blob a few pixels
+# too wide here, a missed body there), while the network's weights are shared across all images: what
+# it can fit consistently is appearance → class, and errors that disagree with appearance across the
+# data set average out. Errors that are *consistent* with appearance — water labelled "boat" in every
+# boat image — are learned as faithfully as the truth (§8).
 
-**The network** (`wsss_core.models.deeplab.DeepLab`). A backbone (ResNet-101 at output stride 8 in
-the papers; `CompactCNN` here) gives features $f$; DeepLab-v2's ASPP head sums $K{+}1$-channel
-classifiers applied with several dilation rates $r$ (6, 12, 18, 24 on VOC) — the same pixel seen with
-several fields of view (Chen et al., TPAMI 2018, Eq. 1 there):
+# %% [markdown]
+# ## 4 From scratch, then the library
+#
+# ### 4.1 The loss with an ignore label (Eq. 2)
+#
+# By hand — `log_softmax`, pick the label's channel, average over the pixels that are not 255 — and
+# the library's training step on the same logits:
 
-$$z(x) = \sum_{r \in R} W_r \ast_r f\,(x), \qquad p_k(x) = \operatorname{softmax}_k\, z(x). \tag{1}$$
-
-The tutorial profile uses the v3+ variant (parallel dilated branches concatenated, and a decoder that
-mixes in stride-4 features; Chen et al., ECCV 2018), because a 96-px scene is only 12 × 12 at stride 8.
-
-**The loss** (`wsss_core.stages.segmentation.segmentation_step`): per-pixel cross-entropy against the
-pseudo-label $\hat y$, averaged over the pixels that are not "ignore" (255) — the set $\Omega$:
-
-$$\mathcal{L} = -\frac{1}{|\Omega|} \sum_{x \in \Omega} \log p_{\hat y(x)}(x). \tag{2}$$
-
-Every pseudo-label maker of notebooks 01–05 is judged by what Eq. 2 does with its output: ignore
-pixels cost nothing, wrong pixels pull the network the wrong way.
-
-**Inference** (`wsss_core.models.deeplab.multiscale_predict`): probabilities averaged over scales $S$
-and horizontal flips, resized back to the image (then optionally a dense CRF, `dense_crf`):
-
-$$\bar p(x) = \frac{1}{2|S|} \sum_{s \in S} \sum_{\phi \in \{\mathrm{id}, \mathrm{flip}\}}
-\phi^{-1}\Big(\mathrm{up}\big(p(\phi(\mathrm{down}_s I))\big)\Big)(x), \qquad y(x) = \arg\max_k \bar p_k(x). \tag{3}$$
-
-**Measures** (`wsss_core.evaluation.LabelMapEvaluator`): the mean over the $K{+}1$ classes of
-$\mathrm{IoU}_k = \frac{TP_k}{TP_k + FP_k + FN_k}$, accumulated over *all* pixels of a split (not per
-image), and
-
-$$\text{weak/full} = \frac{\text{mIoU}_{\text{val}}(\text{network trained on pseudo-labels})}
-{\text{mIoU}_{\text{val}}(\text{the same network trained on true masks})}. \tag{4}$$
-
-**Why a network can beat its labels.** Pseudo-label errors are *per image* (a CAM blob a few pixels
-too wide here, a missed body there), while the network's weights are shared across all images: what
-it can fit consistently is appearance → class, and errors that disagree with appearance across the
-data set average out. Errors that are *consistent* with appearance — water labelled "boat" in every
-boat image — are learned as faithfully as the truth (§8).
-""")
-
-# =====================================================================================================
-# 4 From scratch, then the library
-# =====================================================================================================
-md(r"""
-## 4 From scratch, then the library
-
-### 4.1 The loss with an ignore label (Eq. 2)
-
-By hand — `log_softmax`, pick the label's channel, average over the pixels that are not 255 — and
-the library's training step on the same logits:
-""")
-
-code(r"""
+# %%
 g = torch.Generator().manual_seed(SEED)
 logits = 2 * torch.randn(2, C + 1, 8, 8, generator=g)
 target = torch.randint(0, C + 1, (2, 8, 8), generator=g)
@@ -251,16 +230,14 @@ identity = torch.nn.Identity()
 loss_lib = seg.segmentation_step(identity, {"image": logits, "mask": target}, "cpu")["loss"]
 print(f"from scratch {loss_scratch:.6f}   library {loss_lib:.6f}   ({valid.float().mean():.0%} of the pixels count)")
 assert torch.allclose(loss_scratch, loss_lib, atol=1e-6)
-""")
 
-md(r"""
-### 4.2 Multi-scale + flip inference (Eq. 3)
+# %% [markdown]
+# ### 4.2 Multi-scale + flip inference (Eq. 3)
+#
+# On an (untrained) segmenter of this profile and two validation images: the average written out, then
+# `multiscale_predict`.
 
-On an (untrained) segmenter of this profile and two validation images: the average written out, then
-`multiscale_predict`.
-""")
-
-code(r"""
+# %%
 net = seg.build_model(seg_cfg, C).eval()
 batch = torch.stack([val_ds[i]["image"] for i in range(2)]) if TOY else val_ds[0]["image"][None]
 H, W = batch.shape[-2:]
@@ -278,32 +255,26 @@ with torch.no_grad():
 print(f"max |difference| {float((p_scratch - p_lib).abs().max()):.2e}; probabilities sum to 1: "
       f"{bool(torch.allclose(p_lib.sum(1), torch.ones(1), atol=1e-5))}")
 assert torch.allclose(p_scratch, p_lib, atol=1e-5)
-""")
 
-# =====================================================================================================
-# 5 Run it
-# =====================================================================================================
-md(r"""
-## 5 Run it
+# %% [markdown]
+# ## 5 Run it
+#
+# One segmenter per method, the same config and seed each time (`wsss_core.comparison.compare` →
+# `wsss_core.stages.segmentation.run`, the shared training engine: a GPU, AMP and `torchrun` work the
+# same way). Each is stored in its own folder whose name fingerprints the config *and* the label
+# folder, so re-running this notebook reloads them, and new pseudo-labels train a new network. Each
+# segmenter is scored on the validation images (the headline) and on the training images (to compare
+# with its own labels, §7.2).
 
-One segmenter per method, the same config and seed each time (`wsss_core.comparison.compare` →
-`wsss_core.stages.segmentation.run`, the shared training engine: a GPU, AMP and `torchrun` work the
-same way). Each is stored in its own folder whose name fingerprints the config *and* the label
-folder, so re-running this notebook reloads them, and new pseudo-labels train a new network. Each
-segmenter is scored on the validation images (the headline) and on the training images (to compare
-with its own labels, §7.2).
-""")
-
-code(r"""
+# %%
 t0 = time.perf_counter()
 rows = comparison.compare(KEYS, PROFILE, data, OUT_DIR, seg_cfg=seg_cfg, seed=SEED, device=DEVICE)
 compare_seconds = time.perf_counter() - t0
 ROWS = {r["method"]: r for r in rows if r["status"] == "ok"}
 print(f"all segmenters ready in {compare_seconds:.0f} s "
       f"(training, where it happened now: {sum(r['train_seconds'] for r in ROWS.values()):.0f} s in total)")
-""")
 
-code(r"""
+# %%
 fig, ax = plt.subplots(1, 1, figsize=(7, 3))
 for k, r in ROWS.items():
     h = r["history"]
@@ -315,32 +286,26 @@ ax.set_title("the same network on each method's labels")
 ax.legend(fontsize=7, ncol=2)
 fig.tight_layout()
 display(fig); plt.close(fig)
-""")
 
-code(r"""
+# %%
 final = {k: r["history"].epochs[-1]["loss"] for k, r in ROWS.items() if r["history"] is not None and r["history"].epochs}
 order = sorted(final, key=final.get)
 print("final training loss, lowest first: " + ", ".join(f"{comparison.METHODS[k].short} {final[k]:.3f}" for k in order))
-""")
 
-md(r"""
-A low final loss says that the labels are *easy to fit*, not that they are right. Smooth, blob-shaped
-labels (CAM's) are easier to fit than true masks with thin parts and exact edges; labels whose
-edges follow something the network cannot see consistently (a saliency map's blur, a random walk's
-leaks) stay expensive to the end. §7 shows what each loss turned into.
-""")
 
-# =====================================================================================================
-# 6 Look at it
-# =====================================================================================================
-md(r"""
-## 6 Look at it
+# %% [markdown]
+# A low final loss says that the labels are *easy to fit*, not that they are right. Smooth, blob-shaped
+# labels (CAM's) are easier to fit than true masks with thin parts and exact edges; labels whose
+# edges follow something the network cannot see consistently (a saliency map's blur, a random walk's
+# leaks) stay expensive to the end. §7 shows what each loss turned into.
 
-Validation images (never pseudo-labelled by anyone), their true masks and every segmenter's
-prediction ("→ EPS": the network trained on EPS's pseudo-labels). Below, an explorer over all validation images (static when run headless).
-""")
+# %% [markdown]
+# ## 6 Look at it
+#
+# Validation images (never pseudo-labelled by anyone), their true masks and every segmenter's
+# prediction ("→ EPS": the network trained on EPS's pseudo-labels). Below, an explorer over all validation images (static when run headless).
 
-code(r"""
+# %%
 @torch.no_grad()
 def predict_one(k: str, i: int) -> np.ndarray:
     "The segmenter of method k on validation image i → (H, W) labels."
@@ -360,9 +325,9 @@ for k in ROWS:
 fig = viz.image_grid(grid, row_titles=titles, size=1.5)
 viz.class_legend(fig, NAMES)
 display(fig)
-""")
 
-code(r"""
+
+# %%
 def render(index=int(SHOW[0]), method=list(ROWS)[0]):
     raw = val_ds.get_raw(index)
     pred = predict_one(method, index)
@@ -375,22 +340,17 @@ def render(index=int(SHOW[0]), method=list(ROWS)[0]):
 
 
 widgets.explore(render, index=(0, len(val_ds) - 1, 1, int(SHOW[0])), method=list(ROWS))
-""")
 
-# =====================================================================================================
-# 7 Measure it
-# =====================================================================================================
-md(r"""
-## 7 Measure it
+# %% [markdown]
+# ## 7 Measure it
+#
+# ### 7.1 The comparison table
+#
+# Our figures (toy scenes, a compact CNN, CPU) next to the papers' PASCAL VOC 2012 figures (ResNet-38/101,
+# GPUs, ImageNet pre-training, often a dense CRF) — compare the *pattern*, not the values. The papers'
+# segmenters differ from one another; ours are identical, which is the point of this table.
 
-### 7.1 The comparison table
-
-Our figures (toy scenes, a compact CNN, CPU) next to the papers' PASCAL VOC 2012 figures (ResNet-38/101,
-GPUs, ImageNet pre-training, often a dense CRF) — compare the *pattern*, not the values. The papers'
-segmenters differ from one another; ours are identical, which is the point of this table.
-""")
-
-code(r"""
+# %%
 display(Markdown(comparison.table_markdown(rows)))
 full = ROWS["full"]["seg_miou"]
 best_img = comparison.best_of(rows, ("image", "image+saliency"))
@@ -403,9 +363,8 @@ if best_box:
     lines.append(f"* best box method: **{best_box['title']}**, {100 * best_box['seg_miou']:.1f} → "
                  f"weak/full **{best_box['ratio']:.2f}**")
 display(Markdown("\n".join(lines)))
-""")
 
-code(r"""
+# %%
 keys = [k for k in ROWS]
 x = np.arange(len(keys))
 fig, ax = plt.subplots(1, 1, figsize=(8, 3.2))
@@ -421,18 +380,16 @@ ax.legend(fontsize=7, loc="upper left", ncol=3)
 fig.tight_layout()
 fig.savefig(OUT / "comparison.png")
 display(fig); plt.close(fig)
-""")
 
-md(r"""
-What the rows are. Image-label rows train on the method's pseudo-labels for the training images. *GrabCut*
-trains on GrabCut's labels from the boxes; *Box2Seg* trains on the **Box2Seg network's own predictions** for
-the training images, restricted to their boxes (notebook 04's network, made into labels, then distilled
-into this notebook's segmenter). This notebook's segmenter starts from a fresh backbone for every row,
-while notebook 04's networks start from notebook 01's classifier backbone — and notebook 04 found that the
-initialisation decides whether Box2Seg beats GrabCut + CE. Its figures, for comparison:
-""")
+# %% [markdown]
+# What the rows are. Image-label rows train on the method's pseudo-labels for the training images. *GrabCut*
+# trains on GrabCut's labels from the boxes; *Box2Seg* trains on the **Box2Seg network's own predictions** for
+# the training images, restricted to their boxes (notebook 04's network, made into labels, then distilled
+# into this notebook's segmenter). This notebook's segmenter starts from a fresh backbone for every row,
+# while notebook 04's networks start from notebook 01's classifier backbone — and notebook 04 found that the
+# initialisation decides whether Box2Seg beats GrabCut + CE. Its figures, for comparison:
 
-code(r"""
+# %%
 m04 = Path(OUT_DIR) / "04_box2seg" / "metrics.json"
 if m04.is_file():
     m = json.loads(m04.read_text())
@@ -443,19 +400,17 @@ if m04.is_file():
                                   for t, a, b in pairs if a in m)))
 else:
     print("notebook 04 has not run into", rel(Path(OUT_DIR)), "- its figures are not available here")
-""")
 
-md(r"""
-### 7.2 Does the network correct its labels?
+# %% [markdown]
+# ### 7.2 Does the network correct its labels?
+#
+# The pseudo-label mIoU and the segmenter's mIoU on the *same training images* (both against the true
+# masks). A positive gain is the averaging argument of §3 at work; the validation column says whether it
+# carries over to new images. On the toy scenes the gains are small: most label errors here are
+# *consistent* with appearance (a CAM blob is always a blob around the badge), which is exactly the kind
+# the network cannot average away (§8).
 
-The pseudo-label mIoU and the segmenter's mIoU on the *same training images* (both against the true
-masks). A positive gain is the averaging argument of §3 at work; the validation column says whether it
-carries over to new images. On the toy scenes the gains are small: most label errors here are
-*consistent* with appearance (a CAM blob is always a blob around the badge), which is exactly the kind
-the network cannot average away (§8).
-""")
-
-code(r"""
+# %%
 tab = ["| trained on | pseudo-labels (train) | segmenter (train) | gain | segmenter (val) | fg precision / recall (val) |",
        "|---|---:|---:|---:|---:|---|"]
 for k, r in ROWS.items():
@@ -469,30 +424,24 @@ if gains:
     print(f"largest gain over its own labels: {comparison.METHODS[best].short} ({100 * gains[best]:+.1f} points); "
           f"smallest: {comparison.METHODS[worst].short} ({100 * gains[worst]:+.1f}); "
           f"{sum(g > 0.005 for g in gains.values())} of {len(gains)} weak rows gain more than half a point")
-""")
 
-code(r"""
+# %%
 metrics = comparison.write_metrics(OUT / "metrics.json", rows, extra={
     "profile": PROFILE, "seed": SEED, "seg_epochs": seg_cfg.train.epochs, "crf": bool(seg_cfg.crf),
     "stage_seconds": round(stage_seconds, 1), "compare_seconds": round(compare_seconds, 1),
     "n_val": len(val_ds), "n_train": len(train_true)})
 print(json.dumps({k: v for k, v in metrics.items() if k != "rows"}, indent=1))
-""")
 
-# =====================================================================================================
-# 8 What goes wrong
-# =====================================================================================================
-md(r"""
-## 8 What goes wrong: the network inherits consistent mistakes
+# %% [markdown]
+# ## 8 What goes wrong: the network inherits consistent mistakes
+#
+# CAMs label water as "boat" and rails as "train" in image after image (notebook 01, §8). To the
+# segmenter that is not noise: it is a rule consistent with appearance, and it learns it. The table
+# gives the segmenters' **context leak** on validation images (the share of water / rails pixels
+# predicted as boat / train, in images with a boat / train; notebook 01 §7.2), and the figure shows
+# validation images with water or rails.
 
-CAMs label water as "boat" and rails as "train" in image after image (notebook 01, §8). To the
-segmenter that is not noise: it is a rule consistent with appearance, and it learns it. The table
-gives the segmenters' **context leak** on validation images (the share of water / rails pixels
-predicted as boat / train, in images with a boat / train; notebook 01 §7.2), and the figure shows
-validation images with water or rails.
-""")
-
-code(r"""
+# %%
 if TOY:
     tab = ["| trained on | context leak (val) | per pair |", "|---|---:|---|"]
     for k, r in ROWS.items():
@@ -512,86 +461,74 @@ if TOY:
     display(fig)
 else:
     print("the context study needs the toy scenes' ContextMask/ (water, rails); skipped on", data.kind)
-""")
 
-md(r"""
-The leak of the labels survives training: a segmenter is only as unbiased as its labels' *systematic*
-errors. This is why EPS's saliency loss (notebook 05) is worth its extra input, and why box methods,
-whose labels never put a boat outside its box, do not have this failure at all — their failure is
-the opposite one: background *inside* the box (notebook 04).
-""")
 
-# =====================================================================================================
-# 9 Exercises
-# =====================================================================================================
-md(r"""
-## 9 Exercises
+# %% [markdown]
+# The leak of the labels survives training: a segmenter is only as unbiased as its labels' *systematic*
+# errors. This is why EPS's saliency loss (notebook 05) is worth its extra input, and why box methods,
+# whose labels never put a boat outside its box, do not have this failure at all — their failure is
+# the opposite one: background *inside* the box (notebook 04).
 
-**Exercise 1 — the loss (Eq. 2).** Write `ce_ignore(logits, target)`: `logits` `(B, K, H, W)`,
-`target` `(B, H, W)` int64 with 255 = ignore; return the mean negative log-probability of the target
-class over the non-ignored pixels — without `F.cross_entropy`.
-""")
+# %% [markdown]
+# ## 9 Exercises
+#
+# **Exercise 1 — the loss (Eq. 2).** Write `ce_ignore(logits, target)`: `logits` `(B, K, H, W)`,
+# `target` `(B, H, W)` int64 with 255 = ignore; return the mean negative log-probability of the target
+# class over the non-ignored pixels — without `F.cross_entropy`.
 
-code(r"""
+# %%
 def ce_ignore(logits, target):
     "logits (B, K, H, W), target (B, H, W) with 255 = ignore → scalar tensor."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_1 = exercises.check("ce_ignore", ce_ignore, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 2 — inference (Eq. 3).** Write `multiscale_flip(model, images, scales, flip)`: return the
-`(B, K, H, W)` softmax probabilities averaged over the scales (and the mirrored images if `flip`),
-each resized back to the input size with bilinear interpolation.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 2 — inference (Eq. 3).** Write `multiscale_flip(model, images, scales, flip)`: return the
+# `(B, K, H, W)` softmax probabilities averaged over the scales (and the mirrored images if `flip`),
+# each resized back to the input size with bilinear interpolation.
+
+# %%
 def multiscale_flip(model, images, scales, flip):
     "model: images → logits at any stride; images (B, 3, H, W) → (B, K, H, W) mean probabilities."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_2 = exercises.check("multiscale_flip", multiscale_flip, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 3 — open: agreement labels.** Two methods make different mistakes. Write a folder of
-labels that keeps a pixel's class where two methods agree (e.g. `LABEL_DIRS["eps"]` and
-`LABEL_DIRS["affinity_rw"]`) and sets 255 where they disagree; score it with
-`comparison.label_dir_report(folder, train_true, data.context_pairs)` and train on it with
-`seg.run(seg_cfg, data, folder, OUT / "agreement")`. Is the segmenter better than either method's?
-What share of the pixels became "ignore", and which classes lost the most?
+# %% [markdown]
+# **Exercise 3 — open: agreement labels.** Two methods make different mistakes. Write a folder of
+# labels that keeps a pixel's class where two methods agree (e.g. `LABEL_DIRS["eps"]` and
+# `LABEL_DIRS["affinity_rw"]`) and sets 255 where they disagree; score it with
+# `comparison.label_dir_report(folder, train_true, data.context_pairs)` and train on it with
+# `seg.run(seg_cfg, data, folder, OUT / "agreement")`. Is the segmenter better than either method's?
+# What share of the pixels became "ignore", and which classes lost the most?
+#
+# **Exercise 4 — open: the CRF.** Re-run with `CRF = True` (needs `pip install -e .[crf]`). The papers
+# gain 1–3 points on VOC. On 96-px scenes with flat colours, does it help, and for which rows? Look at
+# the boundary pixels of §6's images before and after.
+#
+# **Exercise 5 — open: fewer epochs.** With `EPOCHS = 3`, which rows lose the most — the ones with the
+# cleanest labels or the noisiest? Relate it to the loss curves of §5.
 
-**Exercise 4 — open: the CRF.** Re-run with `CRF = True` (needs `pip install -e .[crf]`). The papers
-gain 1–3 points on VOC. On 96-px scenes with flat colours, does it help, and for which rows? Look at
-the boundary pixels of §6's images before and after.
+# %% [markdown]
+# ## 10 Summary and pointers
+#
+# * Every weakly supervised method ends the same way: a fully supervised network trained on its
+#   pseudo-labels (Eq. 2 with an ignore label), evaluated on validation images (Eq. 3, Eq. 4).
+# * With one network and schedule for all, the table of §7 ranks the *labels*, not the segmenters.
+# * The network averages away inconsistent label noise (§7.2) and learns consistent mistakes (§8).
+#
+# This run's headline figures next to the papers' (toy scenes, compact CNN, CPU vs PASCAL VOC 2012, ResNet,
+# GPU):
 
-**Exercise 5 — open: fewer epochs.** With `EPOCHS = 3`, which rows lose the most — the ones with the
-cleanest labels or the noisiest? Relate it to the loss curves of §5.
-""")
-
-# =====================================================================================================
-# 10 Summary and pointers
-# =====================================================================================================
-md(r"""
-## 10 Summary and pointers
-
-* Every weakly supervised method ends the same way: a fully supervised network trained on its
-  pseudo-labels (Eq. 2 with an ignore label), evaluated on validation images (Eq. 3, Eq. 4).
-* With one network and schedule for all, the table of §7 ranks the *labels*, not the segmenters.
-* The network averages away inconsistent label noise (§7.2) and learns consistent mistakes (§8).
-
-This run's headline figures next to the papers' (toy scenes, compact CNN, CPU vs PASCAL VOC 2012, ResNet,
-GPU):
-""")
-
-code(r"""
+# %%
 summary = [("upper bound: true masks, val mIoU", f"{100 * full:.1f}", "DeepLab-v2 R101 ≈ 76–77 [memory]")]
 if best_img:
     p = comparison.METHODS[best_img["method"]].paper
@@ -607,21 +544,15 @@ summary.append(("time for this notebook", f"{stage_seconds + compare_seconds:.0f
                  "GPU hours per method"))
 display(Markdown("| | ours (this run) | papers, PASCAL VOC 2012 |\n|---|---|---|\n"
                  + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in summary)))
-""")
 
-md(r"""
-Where to go from here:
-
-* **Real data.** The `paper` profile runs this notebook on PASCAL VOC 2012 + SBD with DeepLab-v2
-  ResNet-101, multi-scale + flip + CRF at test time: see README, "Run it on PASCAL VOC on a GPU"
-  (`torchrun --nproc_per_node N` for several GPUs).
-* **Regression runs.** `python -m wsss_core.notebooks --profile tutorial --out runs/tutorial
-  --baseline benchmarks/baselines/tutorial.json` re-runs every notebook and fails if a metric of
-  this table drops beyond its tolerance.
-* **Beyond these papers.** Self-training on the segmenter's own predictions, and methods that learn
-  the boundary (IRN's displacement field, BANA's background-aware pooling for boxes), start from here.
-""")
-
-
-if __name__ == "__main__":
-    NB.write()
+# %% [markdown]
+# Where to go from here:
+#
+# * **Real data.** The `paper` profile runs this notebook on PASCAL VOC 2012 + SBD with DeepLab-v2
+#   ResNet-101, multi-scale + flip + CRF at test time: see README, "Run it on PASCAL VOC on a GPU"
+#   (`torchrun --nproc_per_node N` for several GPUs).
+# * **Regression runs.** `python -m wsss_core.notebooks --profile tutorial --out runs/tutorial
+#   --baseline benchmarks/baselines/tutorial.json` re-runs every notebook and fails if a metric of
+#   this table drops beyond its tolerance.
+# * **Beyond these papers.** Self-training on the segmenter's own predictions, and methods that learn
+#   the boundary (IRN's displacement field, BANA's background-aware pooling for boxes), start from here.

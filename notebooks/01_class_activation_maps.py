@@ -1,61 +1,54 @@
-"""Write notebooks/01_class_activation_maps.ipynb (no outputs, no execution counts).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/_build/build_01.py
+# %% [markdown]
+# # 01 · Class activation maps: where does a classifier look?
+#
+# ## 1 Objective
+#
+# We want a segmentation mask for every training image, but all we are given is its **image label** —
+# the list of classes present ("boat, cat"). The figure at the end of §2 shows the gap on our data:
+# the label we have next to the mask we would like. **Class activation maps** (CAM; Zhou et al.,
+# CVPR 2016) are the first bridge. Train an ordinary multi-label classifier whose last layers are
+# *global average pooling* (GAP) followed by a linear layer; because averaging and the linear layer
+# commute, applying the linear layer at every position *before* the pooling gives, for each class, a
+# map of how much each location pushed that class's score up. Normalised and thresholded, these maps
+# become **pseudo-labels** — the starting point of every image-label method after it: PSA/AffinityNet
+# (Ahn & Kwak, CVPR 2018) and IRN (Ahn et al., CVPR 2019) take the *confident* parts of the CAMs as
+# seeds and propagate them (notebook 02); EDAM (03) and EPS (05) change how the classifier is trained
+# so that its CAMs are better to begin with.
+#
+# This notebook trains the classifier on the toy scenes of notebook 00, computes CAMs the way PSA and
+# IRN do (4 scales × flip, per-class max normalisation), turns them into pseudo-labels with a
+# background threshold, and measures them — including the two flaws the later notebooks fix: CAMs
+# light up the small *discriminative part* of an object (here: its badge) and miss its body, and they
+# *leak* onto background that co-occurs with a class (water under boats, rails under trains).
+#
+# *How to use it:* run top to bottom. With `PROFILE = "tutorial"` the first run trains a classifier and
+# computes CAMs on a CPU, which takes a while (§10 prints how long it took here); both are stored under
+# `OUT_DIR`, so a second run skips them and only re-measures. `"smoke"` (CI) trains for a couple of
+# epochs on a few dozen images: it proves that the code runs, and its classifier is far too weak for
+# its pictures to mean anything. Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
 
-Edit the cells here, not in the .ipynb, and re-run this script; the notebook is its output.
-"""
-from __future__ import annotations
+# %% [markdown]
+# ## 2 Parameters
+#
+# Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
+# and `USE_SOLUTIONS`).
 
-from nbbuild import NotebookBuilder
-
-NB = NotebookBuilder("01_class_activation_maps")
-md, code = NB.md, NB.code
-
-
-# =====================================================================================================
-# 1 Objective
-# =====================================================================================================
-md(r"""
-# 01 · Class activation maps: where does a classifier look?
-
-## 1 Objective
-
-We want a segmentation mask for every training image, but all we are given is its **image label** —
-the list of classes present ("boat, cat"). The figure at the end of §2 shows the gap on our data:
-the label we have next to the mask we would like. **Class activation maps** (CAM; Zhou et al.,
-CVPR 2016) are the first bridge. Train an ordinary multi-label classifier whose last layers are
-*global average pooling* (GAP) followed by a linear layer; because averaging and the linear layer
-commute, applying the linear layer at every position *before* the pooling gives, for each class, a
-map of how much each location pushed that class's score up. Normalised and thresholded, these maps
-become **pseudo-labels** — the starting point of every image-label method after it: PSA/AffinityNet
-(Ahn & Kwak, CVPR 2018) and IRN (Ahn et al., CVPR 2019) take the *confident* parts of the CAMs as
-seeds and propagate them (notebook 02); EDAM (03) and EPS (05) change how the classifier is trained
-so that its CAMs are better to begin with.
-
-This notebook trains the classifier on the toy scenes of notebook 00, computes CAMs the way PSA and
-IRN do (4 scales × flip, per-class max normalisation), turns them into pseudo-labels with a
-background threshold, and measures them — including the two flaws the later notebooks fix: CAMs
-light up the small *discriminative part* of an object (here: its badge) and miss its body, and they
-*leak* onto background that co-occurs with a class (water under boats, rails under trains).
-
-*How to use it:* run top to bottom. With `PROFILE = "tutorial"` the first run trains a classifier and
-computes CAMs on a CPU, which takes a while (§10 prints how long it took here); both are stored under
-`OUT_DIR`, so a second run skips them and only re-measures. `"smoke"` (CI) trains for a couple of
-epochs on a few dozen images: it proves that the code runs, and its classifier is far too weak for
-its pictures to mean anything. Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
-""")
-
-# =====================================================================================================
-# 2 Parameters
-# =====================================================================================================
-md(r"""
-## 2 Parameters
-
-Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
-and `USE_SOLUTIONS`).
-""")
-
-code(r"""
+# %% tags=["parameters"]
 PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (laptop CPU, minutes) | "paper" (PASCAL VOC on a GPU)
 DATA_ROOT = None            # None: the profile's default data folder (toy scenes are generated on first use)
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
@@ -65,9 +58,8 @@ USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of
 EPOCHS = None               # None: the profile's number of epochs
 CAM_SCALES = None           # None: the profile's CAM scales, e.g. (1.0, 0.5, 1.5, 2.0)
 N_SHOW = 6                  # images in the example figures
-""", tags=["parameters"])
 
-code(r"""
+# %%
 # Everything else is derived from the parameters above.
 import json
 import math
@@ -96,7 +88,7 @@ from wsss_core.metrics import ConfusionMatrix
 from wsss_core.models.cam import CAMClassifier, multilabel_loss
 from wsss_core.stages import cam as stage
 
-%matplotlib inline
+# %matplotlib inline
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9,
                      "image.interpolation": "nearest"})
 engine.seed_everything(SEED)
@@ -149,17 +141,16 @@ print(f"classifier: {cfg.backbone} {cfg.backbone_kwargs}, {cfg.train.epochs} epo
 print(f"outputs: {rel(OUT)} (checkpoint: {rel(CKPT_DIR)})")
 print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
       f"matplotlib {matplotlib.__version__}, wsss_core {wsss_core.__version__}")
-""")
 
-md(r"""
-### The problem on a picture
 
-Top row: what a weakly supervised method is given — an image and its image label. Bottom row: what
-we want from it, the true mask (VOC palette). The mask is used below only to *score* what the CAMs
-produce, never to train.
-""")
+# %% [markdown]
+# ### The problem on a picture
+#
+# Top row: what a weakly supervised method is given — an image and its image label. Bottom row: what
+# we want from it, the true mask (VOC palette). The mask is used below only to *score* what the CAMs
+# produce, never to train.
 
-code(r"""
+# %%
 def label_names(label) -> str:
     return ", ".join(NAMES[c + 1] for c in np.flatnonzero(label)) or "(none)"
 
@@ -176,92 +167,83 @@ fig = viz.image_grid([[r["image"] for r in raws], [viz.overlay(r["image"], r["ma
                      titles=[[label_names(r["label"]) for r in raws], [""] * len(raws)], size=1.7)
 viz.class_legend(fig, NAMES, ignore=True)
 display(fig)
-""")
 
-# =====================================================================================================
-# 3 Theory
-# =====================================================================================================
-md(r"""
-## 3 Theory
+# %% [markdown]
+# ## 3 Theory
+#
+# **Classifier.** A backbone maps the image to features $f(x) \in \mathbb{R}^K$ at every location $x$
+# of an $h \times w$ grid, $h = H / \text{stride}$ (here `wsss_core.models.backbones.CompactCNN`, whose
+# output stride §4.1 prints; PSA uses ResNet-38 at stride 8, IRN ResNet-50 at stride 16). Global average
+# pooling and a linear layer without bias (a 1 × 1 convolution with weights $w_c \in \mathbb{R}^K$,
+# one per class) give the score of class $c$ (`CAMClassifier.forward`):
+#
+# $$s_c = w_c^\top \Big(\frac{1}{hw} \sum_x f(x)\Big) = \frac{1}{hw} \sum_x w_c^\top f(x). \tag{1}$$
+#
+# **Class activation map** (Zhou et al., 2016; with the ReLU of PSA's `forward_cam` and IRN's
+# `CAM.forward`) — the summand of Eq. 1 kept as a map, negative evidence clipped (`CAMClassifier.cam`):
+#
+# $$\mathrm{CAM}_c(x) = \mathrm{ReLU}\big(w_c^\top f(x)\big). \tag{2}$$
+#
+# By Eq. 1 the spatial mean of the map *before* the ReLU is exactly the logit $s_c$: a location is
+# bright when it raised the class score. §4 checks both identities numerically.
+#
+# **Loss.** With the image label $y \in \{0, 1\}^C$ (no background entry) and the sigmoid $\sigma$, the
+# multi-label soft-margin loss of PSA's `train_cls.py` and IRN's `train_cam.py`
+# (`wsss_core.models.cam.multilabel_loss`):
+#
+# $$\mathcal{L} = -\frac{1}{C} \sum_{c=1}^{C} \Big[ y_c \log \sigma(s_c) + (1 - y_c) \log\big(1 - \sigma(s_c)\big) \Big]. \tag{3}$$
+#
+# **Multi-scale, flipped inference** (PSA `infer_cls.py`, IRN `make_cam.py`; `wsss_core.cams.multiscale_cams`).
+# For each scale $s \in S$ (PSA/IRN: $\{1, 0.5, 1.5, 2\}$) and each of the image and its mirror image
+# $\phi$, compute Eq. 2, resize it bilinearly ($\mathcal{U}$) to the image size, undo the flip, **sum**;
+# keep the classes of the label and divide each map by its maximum:
+#
+# $$A_c = \sum_{s \in S} \sum_{\phi \in \{\mathrm{id}, \mathrm{flip}\}} \phi^{-1}\Big(\mathcal{U}\big(\mathrm{CAM}_c(\phi(x_s))\big)\Big),
+# \qquad M_c(x) = y_c \, \frac{A_c(x)}{\max_{x'} A_c(x') + 10^{-5}} \in [0, 1]. \tag{4}$$
+#
+# **Background.** There is no background class to train, so its score is made up. Either a constant
+# (IRN's `cam_eval_thres` 0.15; PSA's and EPS's CAM evaluation 0.2):
+#
+# $$M_0(x) = \theta, \tag{5a}$$
+#
+# or PSA's power rule (Ahn & Kwak 2018, Eq. 3; `wsss_core.cams.background_power`), with $\alpha = 4$
+# ("low", confident foreground), $32$ ("high", confident background; the paper's 24) and $16$ for the
+# random walk:
+#
+# $$M_0(x) = \big(1 - \max_c M_c(x)\big)^{\alpha}. \tag{5b}$$
+#
+# **Pseudo-label** (`wsss_core.cams.cams_to_labels`, which stacks Eq. 5 in front of the maps with
+# `wsss_core.cams.with_background`; ties go to background):
+#
+# $$\hat Y(x) = \arg\max_{c \in \{0\} \cup \{c : y_c = 1\}} M_c(x). \tag{6}$$
+#
+# Note that with Eq. 5b a pixel is background exactly when $(1 - m)^\alpha \ge m$ for
+# $m = \max_c M_c(x)$, and $(1 - m)^\alpha - m$ decreases in $m$: for the arg-max, the power rule **is** a
+# constant threshold $\theta(\alpha)$, the root of $(1 - \theta)^\alpha = \theta$. It matters as a *score*
+# (PSA feeds it to a dense CRF, where its value, not just its rank, counts) — §4.4 checks the
+# equivalence.
+#
+# **Measures** (`wsss_core.evaluation.LabelMapEvaluator`, pixels pooled over the training images,
+# 255 skipped): mIoU (notebook 00, Eq. 7; swept over $\theta$ by `wsss_core.cams.threshold_sweep`);
+# class-aware foreground precision and recall (`ConfusionMatrix.fg_precision`, `fg_recall`);
+# **part** and **body recall** — the share of badge pixels, and of the other object pixels, given
+# their correct class (`wsss_core.metrics.RegionStats`); the **context leak** of a pair (boat/water,
+# train/rails) — in the images that contain the class, the share of the context region's pixels
+# labelled as that class — next to the **background leak**, the same share for *ordinary* background
+# (neither object nor any context) in the same images: same class, same images, same label maps, so
+# their ratio isolates what co-occurrence adds; and EPS's
+# **confusion ratio** $m_{k,c} / t_c$, context pixels labelled $c$ over true-positive pixels of $c$
+# (`wsss_core.metrics.ConfusionRatio`).
 
-**Classifier.** A backbone maps the image to features $f(x) \in \mathbb{R}^K$ at every location $x$
-of an $h \times w$ grid, $h = H / \text{stride}$ (here `wsss_core.models.backbones.CompactCNN`, whose
-output stride §4.1 prints; PSA uses ResNet-38 at stride 8, IRN ResNet-50 at stride 16). Global average
-pooling and a linear layer without bias (a 1 × 1 convolution with weights $w_c \in \mathbb{R}^K$,
-one per class) give the score of class $c$ (`CAMClassifier.forward`):
+# %% [markdown]
+# ## 4 From scratch, then the library
+#
+# The identities hold for any weights, so an untrained classifier (seeded) and four training images
+# are enough here; §5 trains the real one.
+#
+# ### 4.1 A CAM is the classifier applied at every location (Eq. 2)
 
-$$s_c = w_c^\top \Big(\frac{1}{hw} \sum_x f(x)\Big) = \frac{1}{hw} \sum_x w_c^\top f(x). \tag{1}$$
-
-**Class activation map** (Zhou et al., 2016; with the ReLU of PSA's `forward_cam` and IRN's
-`CAM.forward`) — the summand of Eq. 1 kept as a map, negative evidence clipped (`CAMClassifier.cam`):
-
-$$\mathrm{CAM}_c(x) = \mathrm{ReLU}\big(w_c^\top f(x)\big). \tag{2}$$
-
-By Eq. 1 the spatial mean of the map *before* the ReLU is exactly the logit $s_c$: a location is
-bright when it raised the class score. §4 checks both identities numerically.
-
-**Loss.** With the image label $y \in \{0, 1\}^C$ (no background entry) and the sigmoid $\sigma$, the
-multi-label soft-margin loss of PSA's `train_cls.py` and IRN's `train_cam.py`
-(`wsss_core.models.cam.multilabel_loss`):
-
-$$\mathcal{L} = -\frac{1}{C} \sum_{c=1}^{C} \Big[ y_c \log \sigma(s_c) + (1 - y_c) \log\big(1 - \sigma(s_c)\big) \Big]. \tag{3}$$
-
-**Multi-scale, flipped inference** (PSA `infer_cls.py`, IRN `make_cam.py`; `wsss_core.cams.multiscale_cams`).
-For each scale $s \in S$ (PSA/IRN: $\{1, 0.5, 1.5, 2\}$) and each of the image and its mirror image
-$\phi$, compute Eq. 2, resize it bilinearly ($\mathcal{U}$) to the image size, undo the flip, **sum**;
-keep the classes of the label and divide each map by its maximum:
-
-$$A_c = \sum_{s \in S} \sum_{\phi \in \{\mathrm{id}, \mathrm{flip}\}} \phi^{-1}\Big(\mathcal{U}\big(\mathrm{CAM}_c(\phi(x_s))\big)\Big),
-\qquad M_c(x) = y_c \, \frac{A_c(x)}{\max_{x'} A_c(x') + 10^{-5}} \in [0, 1]. \tag{4}$$
-
-**Background.** There is no background class to train, so its score is made up. Either a constant
-(IRN's `cam_eval_thres` 0.15; PSA's and EPS's CAM evaluation 0.2):
-
-$$M_0(x) = \theta, \tag{5a}$$
-
-or PSA's power rule (Ahn & Kwak 2018, Eq. 3; `wsss_core.cams.background_power`), with $\alpha = 4$
-("low", confident foreground), $32$ ("high", confident background; the paper's 24) and $16$ for the
-random walk:
-
-$$M_0(x) = \big(1 - \max_c M_c(x)\big)^{\alpha}. \tag{5b}$$
-
-**Pseudo-label** (`wsss_core.cams.cams_to_labels`, which stacks Eq. 5 in front of the maps with
-`wsss_core.cams.with_background`; ties go to background):
-
-$$\hat Y(x) = \arg\max_{c \in \{0\} \cup \{c : y_c = 1\}} M_c(x). \tag{6}$$
-
-Note that with Eq. 5b a pixel is background exactly when $(1 - m)^\alpha \ge m$ for
-$m = \max_c M_c(x)$, and $(1 - m)^\alpha - m$ decreases in $m$: for the arg-max, the power rule **is** a
-constant threshold $\theta(\alpha)$, the root of $(1 - \theta)^\alpha = \theta$. It matters as a *score*
-(PSA feeds it to a dense CRF, where its value, not just its rank, counts) — §4.4 checks the
-equivalence.
-
-**Measures** (`wsss_core.evaluation.LabelMapEvaluator`, pixels pooled over the training images,
-255 skipped): mIoU (notebook 00, Eq. 7; swept over $\theta$ by `wsss_core.cams.threshold_sweep`);
-class-aware foreground precision and recall (`ConfusionMatrix.fg_precision`, `fg_recall`);
-**part** and **body recall** — the share of badge pixels, and of the other object pixels, given
-their correct class (`wsss_core.metrics.RegionStats`); the **context leak** of a pair (boat/water,
-train/rails) — in the images that contain the class, the share of the context region's pixels
-labelled as that class — next to the **background leak**, the same share for *ordinary* background
-(neither object nor any context) in the same images: same class, same images, same label maps, so
-their ratio isolates what co-occurrence adds; and EPS's
-**confusion ratio** $m_{k,c} / t_c$, context pixels labelled $c$ over true-positive pixels of $c$
-(`wsss_core.metrics.ConfusionRatio`).
-""")
-
-# =====================================================================================================
-# 4 From scratch, then the library
-# =====================================================================================================
-md(r"""
-## 4 From scratch, then the library
-
-The identities hold for any weights, so an untrained classifier (seeded) and four training images
-are enough here; §5 trains the real one.
-
-### 4.1 A CAM is the classifier applied at every location (Eq. 2)
-""")
-
-code(r"""
+# %%
 engine.seed_everything(SEED)
 toy_model = stage.build_model(cfg, C).eval()          # CAMClassifier(CompactCNN) with random weights
 batch = collate_samples([eval_ds[i] for i in range(min(4, len(eval_ds)))])
@@ -277,13 +259,11 @@ print(f"features {tuple(f.shape)}, weights {tuple(w.shape)} → CAMs {tuple(cam_
       f"(stride {x.shape[-1] // f.shape[-1]})")
 assert torch.allclose(cam_scratch, cam_lib, atol=1e-5), (cam_scratch - cam_lib).abs().max()
 print("✓ einsum + ReLU == CAMClassifier.cam")
-""")
 
-md(r"""
-### 4.2 The mean of the map before the ReLU is the logit (Eq. 1)
-""")
+# %% [markdown]
+# ### 4.2 The mean of the map before the ReLU is the logit (Eq. 1)
 
-code(r"""
+# %%
 with torch.no_grad():
     logits = toy_model(x)                              # GAP, then the linear layer
 print("logits          ", logits[0].numpy().round(4))
@@ -292,13 +272,12 @@ print("mean of CAM_c   ", cam_scratch.mean(dim=(2, 3))[0].numpy().round(4), " (a
 assert torch.allclose(pre.mean(dim=(2, 3)), logits, atol=1e-5)
 assert (cam_scratch.mean(dim=(2, 3)) >= logits - 1e-6).all()
 print("✓ mean_x w_cᵀ f(x) == s_c: a CAM is the logit spread over the image")
-""")
 
-md(r"""
-### 4.3 Multi-scale + flip, by hand for two scales (Eq. 4)
-""")
 
-code(r"""
+# %% [markdown]
+# ### 4.3 Multi-scale + flip, by hand for two scales (Eq. 4)
+
+# %%
 def multiscale_scratch(model, images, labels, scales):
     "Eq. 4 written out: sum over scales and flips of upsampled CAMs, label mask, max-normalisation."
     H, W = images.shape[-2:]
@@ -321,16 +300,15 @@ print(f"multi-scale CAMs {tuple(ms_lib.shape)}, max over present classes "
       f"absent classes all zero: {bool((ms_lib[~y.bool()] == 0).all())}")
 assert torch.allclose(ms_scratch, ms_lib, atol=1e-5), (ms_scratch - ms_lib).abs().max()
 print("✓ by hand == wsss_core.cams.multiscale_cams (scales 1, 0.5 with flips)")
-""")
 
-md(r"""
-### 4.4 Background and pseudo-labels (Eqs. 5–6) on a 1 × 6 example
 
-One row of pixels, two present classes. The constant background $\theta = 0.3$ and the power rule
-with $\alpha = 4$; and the threshold $\theta(\alpha)$ that the power rule amounts to.
-""")
+# %% [markdown]
+# ### 4.4 Background and pseudo-labels (Eqs. 5–6) on a 1 × 6 example
+#
+# One row of pixels, two present classes. The constant background $\theta = 0.3$ and the power rule
+# with $\alpha = 4$; and the threshold $\theta(\alpha)$ that the power rule amounts to.
 
-code(r"""
+# %%
 def alpha_to_threshold(alpha: float) -> float:
     "θ(α): the root of (1 − θ)^α = θ (bisection); the power background of Eq. 5b is the constant θ(α) for Eq. 6."
     lo, hi = 0.0, 1.0
@@ -362,23 +340,18 @@ for i in range(min(8, len(eval_ds))):
     total += a.size
 assert same / total > 0.9999, same / total
 print(f"✓ α = 16 and θ = θ(16) agree on {same / total:.4%} of {total} pixels")
-""")
 
-# =====================================================================================================
-# 5 Run it
-# =====================================================================================================
-md(r"""
-## 5 Run it
+# %% [markdown]
+# ## 5 Run it
+#
+# ### 5.1 Train the classifier
+#
+# `stage.train_classifier` runs the project's training loop (`wsss_core.engine.train`): the loss of
+# Eq. 3 on random crops with flips, Adam with a one-cycle schedule for the compact CNN (the paper
+# profile: IRN's SGD recipe on a ResNet-50), a checkpoint after every epoch, and the validation mAP
+# after every epoch. A finished checkpoint in the same folder is reloaded instead of retrained.
 
-### 5.1 Train the classifier
-
-`stage.train_classifier` runs the project's training loop (`wsss_core.engine.train`): the loss of
-Eq. 3 on random crops with flips, Adam with a one-cycle schedule for the compact CNN (the paper
-profile: IRN's SGD recipe on a ResNet-50), a checkpoint after every epoch, and the validation mAP
-after every epoch. A finished checkpoint in the same folder is reloaded instead of retrained.
-""")
-
-code(r"""
+# %%
 existed = (CKPT_DIR / engine.CHECKPOINT_NAME).is_file()
 t0 = time.perf_counter()
 try:
@@ -395,9 +368,8 @@ if existed and wall < 0.5 * train_seconds:
     print(f"reused the finished checkpoint {rel(CKPT_DIR)} (it trained in {train_seconds:.0f} s)")
 else:
     print(f"trained {len(history.epochs)} epochs in {train_seconds:.0f} s ({wall:.0f} s with validation)")
-""")
 
-code(r"""
+# %%
 fig = Figure(figsize=(10, 3.0), layout="constrained")
 ax1, ax2 = fig.subplots(1, 2)
 history.plot(ax=ax1, keys=("loss",), smooth=0.1)
@@ -409,16 +381,14 @@ ax2.set(xlabel="epoch", ylabel="mAP", title="validation mAP per epoch", ylim=(0,
 ax2.legend(fontsize=8)
 ax2.grid(alpha=0.3)
 display(fig)
-""")
 
-md(r"""
-### 5.2 Is the classifier good enough to explain?
+# %% [markdown]
+# ### 5.2 Is the classifier good enough to explain?
+#
+# A CAM explains a classifier's decision; if the decision is poor, so is the explanation. Below: the
+# average precision of every class on the validation split (`stage.classification_report`).
 
-A CAM explains a classifier's decision; if the decision is poor, so is the explanation. Below: the
-average precision of every class on the validation split (`stage.classification_report`).
-""")
-
-code(r"""
+# %%
 cls = stage.classification_report(model, val_ds)
 val_labels = val_ds.image_labels().numpy()
 display(Markdown("| class | AP (val) | val images with it |\n|---|---:|---:|\n" + "\n".join(
@@ -437,17 +407,15 @@ elif cfg.min_val_map <= 0:
           "do not read anything into its CAMs (run PROFILE = 'tutorial' for that)")
 else:
     print(f"validation mAP {cls['map']:.3f} ≥ {cfg.min_val_map}: the classifier is good enough for its CAMs to be worth studying")
-""")
 
-md(r"""
-### 5.3 Make the CAMs
+# %% [markdown]
+# ### 5.3 Make the CAMs
+#
+# Eq. 4 for every training image (`stage.make_cams`): one `.npz` per image under `cams/`, maps at
+# full resolution for the present classes only (like IRN's `high_res`). Existing maps made by the same
+# classifier with the same scales are kept.
 
-Eq. 4 for every training image (`stage.make_cams`): one `.npz` per image under `cams/`, maps at
-full resolution for the present classes only (like IRN's `high_res`). Existing maps made by the same
-classifier with the same scales are kept.
-""")
-
-code(r"""
+# %%
 cam_seconds, reused = stage.ensure_cams(model, eval_ds, CAM_DIR, cfg, CKPT_DIR.name)
 if reused:
     print(f"reused the CAMs in {rel(CAM_DIR)} (made in {cam_seconds:.0f} s)")
@@ -466,20 +434,15 @@ def load(i):
 report = stage.evaluate_cams(CAM_DIR, eval_ds, cfg, data.context_pairs, progress=True)   # threshold sweep, §7
 BEST = report["best_threshold"]
 print(f"best background threshold θ* = {BEST} (mIoU {report['miou']:.3f}; §7 explains how it was chosen)")
-""")
 
-# =====================================================================================================
-# 6 Look at it
-# =====================================================================================================
-md(r"""
-## 6 Look at it
+# %% [markdown]
+# ## 6 Look at it
+#
+# Each row: the image, its true mask, the pseudo-label at the best threshold $\theta^*$ (Eq. 6), and the
+# CAM $M_c$ of every class in its label (Eq. 4, blue 0 → red 1). White outlines: the **badges** of that
+# class (`PartMask/`); the cross: the CAM's maximum.
 
-Each row: the image, its true mask, the pseudo-label at the best threshold $\theta^*$ (Eq. 6), and the
-CAM $M_c$ of every class in its label (Eq. 4, blue 0 → red 1). White outlines: the **badges** of that
-class (`PartMask/`); the cross: the CAM's maximum.
-""")
-
-code(r"""
+# %%
 KERNEL3 = np.ones((3, 3), np.uint8)
 
 
@@ -517,24 +480,22 @@ for r, row_peaks in enumerate(peaks):
 viz.class_legend(fig, NAMES, ignore=True)
 fig.savefig(OUT / "cams.png")
 display(fig)
-""")
 
-md(r"""
-What to look for: in most images each CAM's maximum (the cross) sits on or next to a badge of its
-class (§7.2 counts how often), and the map fades with the distance from it. The classifier found
-the cheapest evidence for the label, the badge, and the CAM shows that evidence, not the object. The
-pseudo-label therefore covers the badge and a blob around it, a blob whose size is set by the
-coarse feature grid and the receptive field rather than by the object's outline. Bodies far from their badge are missed; where water or rails are present, look
-for CAM mass on them. §7 counts all of this over the whole training split.
+# %% [markdown]
+# What to look for: in most images each CAM's maximum (the cross) sits on or next to a badge of its
+# class (§7.2 counts how often), and the map fades with the distance from it. The classifier found
+# the cheapest evidence for the label, the badge, and the CAM shows that evidence, not the object. The
+# pseudo-label therefore covers the badge and a blob around it, a blob whose size is set by the
+# coarse feature grid and the receptive field rather than by the object's outline. Bodies far from their badge are missed; where water or rails are present, look
+# for CAM mass on them. §7 counts all of this over the whole training split.
+#
+# ### Explore
+#
+# Browse the training images and the two background rules (in a live Jupyter session; an executed copy
+# shows the default setting). In *power* mode the threshold slider is unused and the title gives the
+# equivalent constant $\theta(\alpha)$ of §3.
 
-### Explore
-
-Browse the training images and the two background rules (in a live Jupyter session; an executed copy
-shows the default setting). In *power* mode the threshold slider is unused and the title gives the
-equivalent constant $\theta(\alpha)$ of §3.
-""")
-
-code(r"""
+# %%
 MODES = ["constant θ (Eq. 5a)", "power (1 − max M)^α (Eq. 5b)"]
 
 
@@ -559,26 +520,21 @@ def render(index, mode, threshold, alpha):
 
 widgets.explore(render, index=(0, len(eval_ds) - 1, 1, int(SHOW[0])), mode=MODES,
                 threshold=(0.05, 0.95, 0.05, float(BEST)), alpha=(1, 64, 1, 16));
-""")
 
-# =====================================================================================================
-# 7 Measure it
-# =====================================================================================================
-md(r"""
-## 7 Measure it
+# %% [markdown]
+# ## 7 Measure it
+#
+# ### 7.1 The background threshold
+#
+# `stage.evaluate_cams` labels every training image at each threshold $\theta$ of a sweep and keeps the
+# one with the best mIoU, $\theta^*$. That choice **uses the ground truth**: it is an *oracle*. The papers
+# report CAM quality in the same spirit — on the training images, with one background constant that
+# suits them (IRN 0.15, PSA 0.2). The
+# non-oracle figure is the mIoU at the profile's fixed threshold (`cfg.eval_threshold`, IRN's 0.15).
+# One pass over the CAMs below also scores the fixed threshold, PSA's power rule with $\alpha = 16$,
+# and where each CAM's maximum lies.
 
-### 7.1 The background threshold
-
-`stage.evaluate_cams` labels every training image at each threshold $\theta$ of a sweep and keeps the
-one with the best mIoU, $\theta^*$. That choice **uses the ground truth**: it is an *oracle*. The papers
-report CAM quality in the same spirit — on the training images, with one background constant that
-suits them (IRN 0.15, PSA 0.2). The
-non-oracle figure is the mIoU at the profile's fixed threshold (`cfg.eval_threshold`, IRN's 0.15).
-One pass over the CAMs below also scores the fixed threshold, PSA's power rule with $\alpha = 16$,
-and where each CAM's maximum lies.
-""")
-
-code(r"""
+# %%
 ALPHA = 16.0                                     # PSA's α for the random walk (notebook 02)
 TH = np.asarray(cfg.thresholds, np.float32)
 ev_fixed = LabelMapEvaluator(C, data.context_pairs, NAMES)
@@ -628,13 +584,12 @@ fig.savefig(OUT / "threshold_sweep.png")
 display(fig)
 print(f"oracle θ* = {BEST}: mIoU {report['miou']:.3f}   |   fixed θ = {cfg.eval_threshold}: mIoU {fixed['miou']:.3f}   |   "
       f"power α = {ALPHA:g} (≡ θ {alpha_to_threshold(ALPHA):.3f}): mIoU {alpha_rep['miou']:.3f}")
-""")
 
-md(r"""
-### 7.2 What the pseudo-labels get right and wrong
-""")
 
-code(r"""
+# %% [markdown]
+# ### 7.2 What the pseudo-labels get right and wrong
+
+# %%
 def g(d, k):
     v = d.get(k, math.nan)
     return math.nan if v is None else v
@@ -659,9 +614,8 @@ lines.append(f"| CAM maximum ≤ {PEAK_PX} px from a badge of its class | {f3(pe
 display(Markdown("\n".join(lines)))
 display(Markdown("Per-class IoU at θ*:\n\n| " + " | ".join(report["per_class_iou"]) + " |\n|" + "---:|" * (C + 1) + "\n| "
                  + " | ".join(f3(v) for v in report["per_class_iou"].values()) + " |"))
-""")
 
-code(r"""
+# %%
 if TOY:
     fig = Figure(figsize=(10, 2.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
@@ -680,19 +634,17 @@ if TOY:
           f"water and rails are labelled as their class {report['context_leak'] / max(report['background_leak'], 1e-9):.1f}× as "
           f"often as ordinary background in the same images; {peak_on_badge:.0%} of the CAM maxima lie within "
           f"{PEAK_PX} px of a badge of their class")
-""")
 
-md(r"""
-### 7.3 Next to the papers, and saved for the next notebooks
+# %% [markdown]
+# ### 7.3 Next to the papers, and saved for the next notebooks
+#
+# The papers' numbers are CAM pseudo-label mIoU on PASCAL VOC 2012 *train* (1 464 images, 21 classes,
+# ResNets pretrained on ImageNet, GPUs). Ours come from small toy scenes and a small CNN trained from
+# scratch on a CPU (sizes printed below): **not comparable in absolute terms**. What carries over is
+# the pattern — CAMs precise on discriminative parts, incomplete on bodies, leaking onto co-occurring
+# context — and the order of the methods in the following notebooks.
 
-The papers' numbers are CAM pseudo-label mIoU on PASCAL VOC 2012 *train* (1 464 images, 21 classes,
-ResNets pretrained on ImageNet, GPUs). Ours come from small toy scenes and a small CNN trained from
-scratch on a CPU (sizes printed below): **not comparable in absolute terms**. What carries over is
-the pattern — CAMs precise on discriminative parts, incomplete on bodies, leaking onto co-occurring
-context — and the order of the methods in the following notebooks.
-""")
-
-code(r"""
+# %%
 PAPERS = [  # CAM-only pseudo-label mIoU (%) on VOC 2012 train (PSA README, IRN issue #4, EPS README)
     ("PSA", "CAM, PSA (Ahn & Kwak, CVPR 2018)", "ResNet-38, VOC train, θ 0.2", 48.0),
     ("IRN", "CAM, IRN (Ahn et al., CVPR 2019)", "ResNet-50, VOC train, θ 0.15", 48.3),
@@ -740,26 +692,21 @@ stage.write_metrics(OUT / "metrics.json", metrics)
 stage.save_pseudo_labels(CAM_DIR, eval_ds, LABEL_DIR, threshold=BEST)
 print(f"written: {rel(OUT / 'metrics.json')}, {rel(OUT / 'cam_config.json')}, "
       f"{len(list(LABEL_DIR.glob('*.png')))} pseudo-labels at θ* = {BEST:g} in {rel(LABEL_DIR)}")
-""")
 
-# =====================================================================================================
-# 8 What goes wrong
-# =====================================================================================================
-md(r"""
-## 8 What goes wrong
+# %% [markdown]
+# ## 8 What goes wrong
+#
+# ### 8.1 Co-occurrence: the boat's CAM spills onto the water
+#
+# Water comes with almost every boat, so "water" is evidence for "boat" as far as the image label is
+# concerned. Below, among the training images with a boat on water (and a train on rails), the one
+# whose CAM puts the most mass on water (rails) *far from any object* — more than `FAR` pixels away,
+# so that it cannot be the blur of the coarse feature grid around the object. The water (rails) is outlined in
+# white. The CAM is drawn twice: on its full scale, and on a scale that saturates at `LOW_SCALE`, so
+# that weak activations show. The table compares the class's CAM on far context with the same CAM on
+# ordinary background equally far from every object, in the same images.
 
-### 8.1 Co-occurrence: the boat's CAM spills onto the water
-
-Water comes with almost every boat, so "water" is evidence for "boat" as far as the image label is
-concerned. Below, among the training images with a boat on water (and a train on rails), the one
-whose CAM puts the most mass on water (rails) *far from any object* — more than `FAR` pixels away,
-so that it cannot be the blur of the coarse feature grid around the object. The water (rails) is outlined in
-white. The CAM is drawn twice: on its full scale, and on a scale that saturates at `LOW_SCALE`, so
-that weak activations show. The table compares the class's CAM on far context with the same CAM on
-ordinary background equally far from every object, in the same images.
-""")
-
-code(r"""
+# %%
 FAR = 12          # px: 1.5 cells of the stride-8 feature map
 LOW_SCALE = 0.3   # a second colour scale for the CAM, 0 → LOW_SCALE, to make weak activations visible
 REGIONS = ["object", "context, near", "context, far", "ordinary bg, near", "ordinary bg, far"]
@@ -858,29 +805,28 @@ if TOY and data.context_pairs:
     stage.write_metrics(OUT / "metrics.json", metrics)
 else:
     print("no context regions in this data set (the toy scenes have them): skipped")
-""")
 
-md(r"""
-How to read this. The **far** rows say whether the classifier has *learned* the context as evidence:
-a class CAM clearly higher on far water than on far ordinary background means water alone raises
-the boat score — the co-occurrence of the image labels has become a feature. Whether that turns into
-wrong pseudo-labels depends on the threshold: far away, the context's weak activation crosses a low
-threshold (IRN's fixed one, dotted) more often than the oracle $\theta^*$; near the object, the CAM's
-blob spills onto water *and* onto ordinary background, and the near rows say whether it spills
-further onto the context. No threshold removes the context alone: raising $\theta$ removes context
-pixels and the object's own pixels (green) together. The context-leak and confusion-ratio rows of
-§7.2 are the resulting pixel counts. EPS (notebook 05) attacks this with a saliency map that says
-water is not salient, so it cannot be an object.
 
-### 8.2 The threshold pushed too far
+# %% [markdown]
+# How to read this. The **far** rows say whether the classifier has *learned* the context as evidence:
+# a class CAM clearly higher on far water than on far ordinary background means water alone raises
+# the boat score — the co-occurrence of the image labels has become a feature. Whether that turns into
+# wrong pseudo-labels depends on the threshold: far away, the context's weak activation crosses a low
+# threshold (IRN's fixed one, dotted) more often than the oracle $\theta^*$; near the object, the CAM's
+# blob spills onto water *and* onto ordinary background, and the near rows say whether it spills
+# further onto the context. No threshold removes the context alone: raising $\theta$ removes context
+# pixels and the object's own pixels (green) together. The context-leak and confusion-ratio rows of
+# §7.2 are the resulting pixel counts. EPS (notebook 05) attacks this with a saliency map that says
+# water is not salient, so it cannot be an object.
+#
+# ### 8.2 The threshold pushed too far
+#
+# One image at four constant thresholds (top) and four values of $\alpha$ (bottom; $\theta(\alpha)$ in the
+# titles). Too low a threshold (or too large an $\alpha$) and the blob around each badge grows over the
+# background; too high (or too small an $\alpha$) and the objects shrink to their badges or vanish. The
+# precision/recall curve of §7.1 shows the same trade-off over the whole training split.
 
-One image at four constant thresholds (top) and four values of $\alpha$ (bottom; $\theta(\alpha)$ in the
-titles). Too low a threshold (or too large an $\alpha$) and the blob around each badge grows over the
-background; too high (or too small an $\alpha$) and the objects shrink to their badges or vanish. The
-precision/recall curve of §7.1 shows the same trade-off over the whole training split.
-""")
-
-code(r"""
+# %%
 def pick_example():
     "The first of the shown images with at least two present classes, else the first shown image."
     for i in SHOW:
@@ -913,110 +859,98 @@ j_lo, j_hi = int(np.argmin(np.abs(TH - 0.05))), int(np.argmin(np.abs(TH - 0.8)))
 print(f"whole training split — θ = {TH[j_lo]:g}: fg precision {fg_prec[j_lo]:.2f}, recall {fg_rec[j_lo]:.2f}, mIoU {sweep_miou[j_lo]:.3f}; "
       f"θ* = {BEST:g}: mIoU {report['miou']:.3f}; θ = {TH[j_hi]:g}: precision {fg_prec[j_hi]:.2f}, recall {fg_rec[j_hi]:.2f}, "
       f"mIoU {sweep_miou[j_hi]:.3f}")
-""")
 
-# =====================================================================================================
-# 9 Exercises
-# =====================================================================================================
-md(r"""
-## 9 Exercises
 
-**Exercise 1 — CAMs from features (Eq. 2).** Write `cam_from_features(features, weights)`:
-`features` is a `(B, K, h, w)` tensor, `weights` a `(C, K)` tensor; return the `(B, C, h, w)` ReLU
-CAMs. §4.1 used `einsum`; do it *without* `einsum` — as a matrix product over the flattened
-positions, or as a 1 × 1 convolution.
-""")
+# %% [markdown]
+# ## 9 Exercises
+#
+# **Exercise 1 — CAMs from features (Eq. 2).** Write `cam_from_features(features, weights)`:
+# `features` is a `(B, K, h, w)` tensor, `weights` a `(C, K)` tensor; return the `(B, C, h, w)` ReLU
+# CAMs. §4.1 used `einsum`; do it *without* `einsum` — as a matrix product over the flattened
+# positions, or as a 1 × 1 convolution.
 
-code(r"""
+# %%
 def cam_from_features(features, weights):
     "features (B, K, h, w), weights (C, K) → ReLU(w_cᵀ f(x)) as (B, C, h, w)."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_1 = exercises.check("cam_from_features", cam_from_features, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 2 — PSA's background score (Eq. 5b).** Write `background_power(cams, alpha)`: `cams` is a
-`(C, H, W)` tensor of values in $[0, 1]$; return the `(H, W)` map $(1 - \max_c M_c)^\alpha$.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 2 — PSA's background score (Eq. 5b).** Write `background_power(cams, alpha)`: `cams` is a
+# `(C, H, W)` tensor of values in $[0, 1]$; return the `(H, W)` map $(1 - \max_c M_c)^\alpha$.
+
+# %%
 def background_power(cams, alpha):
     "cams (C, H, W) in [0, 1] → (1 − max_c cams)^alpha, shape (H, W)."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_2 = exercises.check("background_power", background_power, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 3 — pseudo-labels (Eq. 6).** Write `cams_to_labels(cams, label, threshold)`: `cams` is a
-`(C, H, W)` numpy array, `label` a `(C,)` multi-hot vector, `threshold` the constant background score.
-Return the `(H, W)` int64 map with 0 = background and `c + 1` for channel `c`; classes absent from
-`label` must never win, and a tie between the background and a class goes to the background.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 3 — pseudo-labels (Eq. 6).** Write `cams_to_labels(cams, label, threshold)`: `cams` is a
+# `(C, H, W)` numpy array, `label` a `(C,)` multi-hot vector, `threshold` the constant background score.
+# Return the `(H, W)` int64 map with 0 = background and `c + 1` for channel `c`; classes absent from
+# `label` must never win, and a tie between the background and a class goes to the background.
+
+# %%
 def cams_to_labels(cams, label, threshold):
     "cams (C, H, W), label (C,), threshold float → (H, W) int64 labels 0..C."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_3 = exercises.check("cams_to_labels", cams_to_labels, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 4 — open: what sets the blob size?** The pseudo-labels of §6 are blobs around the badges.
-Predict first: with a *finer* feature map (output stride 4 instead of 8), will the body recall go up
-or down, and the part recall? What about a classifier trained for *fewer* epochs?
-Then test it — each run trains a new classifier in its own folder (the folder name fingerprints the
-config), e.g.
+# %% [markdown]
+# **Exercise 4 — open: what sets the blob size?** The pseudo-labels of §6 are blobs around the badges.
+# Predict first: with a *finer* feature map (output stride 4 instead of 8), will the body recall go up
+# or down, and the part recall? What about a classifier trained for *fewer* epochs?
+# Then test it — each run trains a new classifier in its own folder (the folder name fingerprints the
+# config), e.g.
+#
+# ```python
+# cfg4 = cfg.replace(backbone_kwargs={**cfg.backbone_kwargs, "output_stride": 4})
+# # or: cfg.replace(train=cfg.train.replace(epochs=6))
+# ```
+#
+# train it with `stage.train_classifier(cfg4, train_ds, <a new folder>, val_ds=val_ds)`, make its CAMs
+# into another folder with `stage.make_cams`, and compare `stage.evaluate_cams(...)`'s `part_recall`,
+# `body_recall`, `context_leak` and mIoU with the table of §7.2 (a stride-4 model takes longer: its
+# last stage runs at twice the resolution). Explain what you see with Eq. 2: what is the spatial
+# resolution of a CAM, and what decides how far from the badge the map stays high?
+#
+# **Exercise 5 — open: a better threshold rule?** The oracle $\theta^*$ needs ground truth. Propose a
+# rule that does not — e.g. a per-image threshold from the CAM values themselves (Otsu's method on
+# $\max_c M_c$, or a fixed share of each map's maximum per class) — implement it with
+# `wsss_core.cams.with_background` or by hand, and compare its mIoU with the fixed and oracle
+# thresholds of §7.1.
 
-```python
-cfg4 = cfg.replace(backbone_kwargs={**cfg.backbone_kwargs, "output_stride": 4})
-# or: cfg.replace(train=cfg.train.replace(epochs=6))
-```
+# %% [markdown]
+# ## 10 Summary and pointers
+#
+# * A GAP classifier's last layer, applied at every location before the pooling, is a **class
+#   activation map** (Eq. 2); its spatial mean is the class score (Eq. 1, checked in §4.2).
+# * PSA and IRN compute it over 4 scales and flips, normalise each class by its maximum (Eq. 4), and
+#   turn it into a pseudo-label with a made-up background score (Eqs. 5–6). The power background of
+#   PSA is, for the arg-max, a constant threshold in disguise (§4.4).
+# * The threshold matters a lot (§7.1, §8.2) and its best value is usually reported as an oracle.
+# * CAMs are **precise but incomplete**: they peak on the discriminative badge and fade over the
+#   body; and they **leak** onto co-occurring context (§7.2, §8.1).
+#
+# The numbers of this run next to the papers' (toy data, tiny CNN, CPU — compare the pattern, not the
+# absolute values):
 
-train it with `stage.train_classifier(cfg4, train_ds, <a new folder>, val_ds=val_ds)`, make its CAMs
-into another folder with `stage.make_cams`, and compare `stage.evaluate_cams(...)`'s `part_recall`,
-`body_recall`, `context_leak` and mIoU with the table of §7.2 (a stride-4 model takes longer: its
-last stage runs at twice the resolution). Explain what you see with Eq. 2: what is the spatial
-resolution of a CAM, and what decides how far from the badge the map stays high?
-
-**Exercise 5 — open: a better threshold rule?** The oracle $\theta^*$ needs ground truth. Propose a
-rule that does not — e.g. a per-image threshold from the CAM values themselves (Otsu's method on
-$\max_c M_c$, or a fixed share of each map's maximum per class) — implement it with
-`wsss_core.cams.with_background` or by hand, and compare its mIoU with the fixed and oracle
-thresholds of §7.1.
-""")
-
-# =====================================================================================================
-# 10 Summary and pointers
-# =====================================================================================================
-md(r"""
-## 10 Summary and pointers
-
-* A GAP classifier's last layer, applied at every location before the pooling, is a **class
-  activation map** (Eq. 2); its spatial mean is the class score (Eq. 1, checked in §4.2).
-* PSA and IRN compute it over 4 scales and flips, normalise each class by its maximum (Eq. 4), and
-  turn it into a pseudo-label with a made-up background score (Eqs. 5–6). The power background of
-  PSA is, for the arg-max, a constant threshold in disguise (§4.4).
-* The threshold matters a lot (§7.1, §8.2) and its best value is usually reported as an oracle.
-* CAMs are **precise but incomplete**: they peak on the discriminative badge and fade over the
-  body; and they **leak** onto co-occurring context (§7.2, §8.1).
-
-The numbers of this run next to the papers' (toy data, tiny CNN, CPU — compare the pattern, not the
-absolute values):
-""")
-
-code(r"""
+# %%
 summary = [("classifier validation mAP", f"{cls['map']:.3f}", "–"),
            ("CAM mIoU, oracle θ*", f"{100 * report['miou']:.1f} (θ* = {BEST:g})", " · ".join(f"{v} ({short})" for short, _, _, v in PAPERS)),
            (f"CAM mIoU, fixed θ = {cfg.eval_threshold:g}", f"{100 * fixed['miou']:.1f}", "–"),
@@ -1028,24 +962,18 @@ for pair, st in co.items():
                         f"{f3(mean(st['values']['context, far']))} / {f3(mean(st['values']['ordinary bg, far']))}", "–"))
 display(Markdown("| | ours (this run) | papers, PASCAL VOC 2012 train |\n|---|---|---|\n"
                  + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in summary)))
-""")
 
-md(r"""
-What the next notebooks change:
-
-* **02 · AffinityNet and random walk** (PSA; IRN): keep only the CAMs' *confident* regions — the
-  foreground of $\alpha = 4$, the background of $\alpha = 32$ — learn from them which neighbouring pixels
-  belong together, and let a random walk spread each class from its badge over the whole body, up to
-  the object's edges. Attacks the low body recall.
-* **03 · EDAM**: trains the classifier itself to see whole objects, by attending jointly to
-  class-specific features across a batch of images. Attacks the low body recall at the source.
-* **05 · EPS**: adds a saliency map as pixel-level supervision for the class maps, which tells water
-  (not salient) from boat (salient). Attacks the context leak and the confusion ratio.
-
-The pseudo-labels written in §7.3 (`pseudo_labels/`) and the CAMs (`cams/`) are the input of
-notebook 02 and the "CAM" row of the comparison in notebook 06.
-""")
-
-
-if __name__ == "__main__":
-    NB.write()
+# %% [markdown]
+# What the next notebooks change:
+#
+# * **02 · AffinityNet and random walk** (PSA; IRN): keep only the CAMs' *confident* regions — the
+#   foreground of $\alpha = 4$, the background of $\alpha = 32$ — learn from them which neighbouring pixels
+#   belong together, and let a random walk spread each class from its badge over the whole body, up to
+#   the object's edges. Attacks the low body recall.
+# * **03 · EDAM**: trains the classifier itself to see whole objects, by attending jointly to
+#   class-specific features across a batch of images. Attacks the low body recall at the source.
+# * **05 · EPS**: adds a saliency map as pixel-level supervision for the class maps, which tells water
+#   (not salient) from boat (salient). Attacks the context leak and the confusion ratio.
+#
+# The pseudo-labels written in §7.3 (`pseudo_labels/`) and the CAMs (`cams/`) are the input of
+# notebook 02 and the "CAM" row of the comparison in notebook 06.

@@ -1,52 +1,45 @@
-"""Write notebooks/00_weak_supervision.ipynb (no outputs, no execution counts).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/_build/build_00.py
+# %% [markdown]
+# # 00 · Weak supervision, and the data that shows its problems
+#
+# ## 1 Objective
+#
+# A segmentation network learns from **full masks**: a class for every pixel. Drawing them is slow, so
+# *weakly supervised* semantic segmentation (WSSS) trains from cheaper **weak signals** — the names
+# of the classes in an image, a box around each object, or a class-agnostic *saliency* map from an
+# off-the-shelf detector — and first turns them into **pseudo-labels**. Every later notebook is one
+# way of doing that. This notebook trains nothing: it shows the three weak signals next to the full
+# mask, and it measures on the data the four problems the papers attack — (a) a classifier only needs
+# a small *discriminative part* of an object, (b) objects come with *co-occurring context*
+# (boats on water, trains on rails), (c) *clutter* — look-alike distractors, camouflaged and
+# non-convex bodies — breaks box-based guesses, and (d) saliency detectors miss objects and fire on
+# distractors. Each problem gets a picture (§6) and a number (§7), and the numbers are written to
+# `metrics.json` for the notebook runner.
+#
+# *How to use it:* run top to bottom (`PROFILE = "tutorial"` takes about a minute on a laptop CPU the
+# first time, when it generates the data, and less afterwards; `"smoke"` is for CI). Exercises are in §9; instructors set `USE_SOLUTIONS = True` to check the
+# reference solutions instead of the stubs.
 
-Edit the cells here, not in the .ipynb, and re-run this script; the notebook is its output.
-"""
-from __future__ import annotations
+# %% [markdown]
+# ## 2 Parameters
+#
+# Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`).
 
-from nbbuild import NotebookBuilder
-
-NB = NotebookBuilder("00_weak_supervision")
-md, code = NB.md, NB.code
-
-
-# =====================================================================================================
-# 1 Objective
-# =====================================================================================================
-md(r"""
-# 00 · Weak supervision, and the data that shows its problems
-
-## 1 Objective
-
-A segmentation network learns from **full masks**: a class for every pixel. Drawing them is slow, so
-*weakly supervised* semantic segmentation (WSSS) trains from cheaper **weak signals** — the names
-of the classes in an image, a box around each object, or a class-agnostic *saliency* map from an
-off-the-shelf detector — and first turns them into **pseudo-labels**. Every later notebook is one
-way of doing that. This notebook trains nothing: it shows the three weak signals next to the full
-mask, and it measures on the data the four problems the papers attack — (a) a classifier only needs
-a small *discriminative part* of an object, (b) objects come with *co-occurring context*
-(boats on water, trains on rails), (c) *clutter* — look-alike distractors, camouflaged and
-non-convex bodies — breaks box-based guesses, and (d) saliency detectors miss objects and fire on
-distractors. Each problem gets a picture (§6) and a number (§7), and the numbers are written to
-`metrics.json` for the notebook runner.
-
-*How to use it:* run top to bottom (`PROFILE = "tutorial"` takes about a minute on a laptop CPU the
-first time, when it generates the data, and less afterwards; `"smoke"` is for CI). Exercises are in §9; instructors set `USE_SOLUTIONS = True` to check the
-reference solutions instead of the stubs.
-""")
-
-# =====================================================================================================
-# 2 Parameters
-# =====================================================================================================
-md(r"""
-## 2 Parameters
-
-Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`).
-""")
-
-code(r"""
+# %% tags=["parameters"]
 PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (laptop CPU) | "paper" (teaches on the tutorial toy scenes)
 DATA_ROOT = None            # None: the profile's default toy-scenes folder (generated on first use)
 DEVICE = "auto"             # unused here (nothing is trained); kept so every notebook takes the same parameters
@@ -54,9 +47,8 @@ SEED = 0                    # picks which images are shown
 OUT_DIR = "../runs/tutorial"
 USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of the exercises
 N_SHOW = 6                  # images per example figure
-""", tags=["parameters"])
 
-code(r"""
+# %%
 # Everything else is derived from the parameters above.
 import colorsys
 import dataclasses
@@ -82,7 +74,7 @@ from wsss_core.data.voc import VOCLayoutDataset, parse_voc_xml
 from wsss_core.metrics import SaliencyStats, saliency_f_measure, saliency_mae
 from wsss_core.stages.cam import write_metrics
 
-%matplotlib inline
+# %matplotlib inline
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9,
                      "image.interpolation": "nearest"})
 rng = np.random.default_rng(SEED)
@@ -118,91 +110,83 @@ print(f"data: {rel(data.root)} — train {len(train)}, val {len(val)} images of 
 print(f"outputs: {rel(OUT)}")
 print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
       f"matplotlib {matplotlib.__version__}, opencv {cv2.__version__}, wsss_core {wsss_core.__version__}")
-""")
 
-# =====================================================================================================
-# 3 Theory
-# =====================================================================================================
-md(r"""
-## 3 Theory
 
-### One idea
+# %% [markdown]
+# ## 3 Theory
+#
+# ### One idea
+#
+# Every method in WSSS is the same pipeline with a different *weak signal* and a different
+# *pseudo-label maker*:
+#
+# ```
+# weak signal ──► pseudo-label maker ──► pseudo-labels ──► segmentation network ──► mIoU
+# image labels     CAM / AffinityNet+random walk / EDAM
+# image labels     EPS (CAM + saliency, trained jointly)
+# + saliency
+# boxes            GrabCut, then Box2Seg's attention-weighted loss while training the segmenter
+# ```
+#
+# This notebook is about the first box: the weak signals, and the data they are derived from.
+#
+# ### Notation
+#
+# An image $x$ of $H \times W$ pixels has a full mask $Y \in \{0, 1, \dots, C, 255\}^{H \times W}$:
+# $0$ is background, $1..C$ the classes, $255$ "ignore" (VOC draws it along object outlines; the
+# GrabCut benchmark marks its uncertain band with it). Let $P = \{p : Y_p \neq 255\}$ be the scored
+# pixels and $G_p = \mathbb{1}[1 \le Y_p \le C]$ the class-agnostic foreground. The weak signals are
+# functions of the full annotation:
+#
+# * **image label** (multi-hot) — the classes present:
+#   $$y_c = \mathbb{1}\big[\exists\, p : Y_p = c\big], \qquad c = 1..C \tag{1}$$
+#   read from the XML by `wsss_core.data.voc.VOCLayoutDataset` (`sample["label"]`, index $c-1$ is class $c$);
+#   you write it from the mask in exercise 1;
+# * **boxes** — for object $k$ with pixels $\Omega_k$, the tight box in 0-based, end-exclusive
+#   coordinates (the VOC XML stores the same box 1-based and inclusive):
+#   $$B_k = \big(\min_{p \in \Omega_k} p_x,\; \min_{p \in \Omega_k} p_y,\; \max_{p \in \Omega_k} p_x + 1,\; \max_{p \in \Omega_k} p_y + 1\big) \tag{2}$$
+#   (`sample["boxes"]`, with `sample["box_labels"]`); exercise 2;
+# * **saliency** — a map $S \in [0, 1]^{H \times W}$ from a class-agnostic detector that estimates $G$.
+#   Its quality, as salient-object-detection papers measure it, is the mean absolute error
+#   (Perazzi et al., CVPR 2012) and the F-measure over thresholds $\tau$ (Achanta et al., CVPR 2009):
+#   $$\mathrm{MAE} = \frac{1}{|P|} \sum_{p \in P} |S_p - G_p| \tag{3}$$
+#   $$F_\beta(\tau) = \frac{(1 + \beta^2)\, \mathrm{Prec}(\tau)\, \mathrm{Rec}(\tau)}{\beta^2\, \mathrm{Prec}(\tau) + \mathrm{Rec}(\tau)}, \quad \beta^2 = 0.3, \qquad \max F = \max_\tau F_\beta(\tau) \tag{4}$$
+#   where $\mathrm{Prec}, \mathrm{Rec}$ are those of the binary map $S \ge \tau$ against $G$ —
+#   `wsss_core.metrics.saliency_mae` (Eq. 3), `wsss_core.metrics.saliency_f_measure` (Eq. 4) and
+#   `wsss_core.metrics.SaliencyStats`, which averages MAE over images and the precision / recall
+#   curves over images before forming $F$ (the SOD-benchmark protocol).
+#
+# Two quantities describe the problems of §6:
+#
+# * **co-occurrence** of a context region $k$ (water, rails) with its class $c$ (boat, train), over images:
+#   $$P(k \mid c) = \frac{\#\{\text{images with } c \text{ and } k\}}{\#\{\text{images with } c\}}, \qquad
+#     P(k \mid \neg c) = \frac{\#\{\text{images with } k,\ \text{without } c\}}{\#\{\text{images without } c\}} \tag{5}$$
+#   (`wsss_core.data.toyscenes` stores both in `toyscenes.json`; §4.3 recomputes them);
+# * **part share** — how much of the objects a classifier *needs* to see:
+#   $$\text{part share} = \frac{\sum_{\text{images}} \#\{\text{discriminative-part pixels}\}}{\sum_{\text{images}} \#\{p : G_p = 1\}} \tag{6}$$
+#
+# Every later notebook scores its pseudo-labels and predictions $\hat Y$ with the mean intersection
+# over union (`wsss_core.metrics.ConfusionMatrix`, pixels of $P$ only, summed over the data set):
+# $$\mathrm{IoU}_c = \frac{\#\{p: \hat Y_p = c \wedge Y_p = c\}}{\#\{p: \hat Y_p = c \vee Y_p = c\}}, \qquad
+#   \mathrm{mIoU} = \frac{1}{C + 1} \sum_{c=0}^{C} \mathrm{IoU}_c \tag{7}$$
+#
+# ### The data: toy scenes
+#
+# `wsss_core.data.toyscenes` draws every image from `(seed, index)` and writes it once in the PASCAL VOC
+# layout, so the reader that reads VOC reads it too. Besides the VOC folders it writes the layers that
+# make the problems measurable: `PartMask/` (the *badge* — a small class-specific mark — of every
+# object), `ContextMask/` (water and rails), `Saliency/` (a stand-in for a pretrained saliency
+# detector with parameterised errors) and `SaliencyUnsupervised/` (OpenCV's spectral-residual saliency).
 
-Every method in WSSS is the same pipeline with a different *weak signal* and a different
-*pseudo-label maker*:
+# %% [markdown]
+# ## 4 From scratch, then the library
+#
+# Each weak signal is computed here in a few lines of numpy from the files, then compared with what the
+# library gives.
+#
+# ### 4.1 Image labels (Eq. 1): from the mask vs. from the XML
 
-```
-weak signal ──► pseudo-label maker ──► pseudo-labels ──► segmentation network ──► mIoU
-image labels     CAM / AffinityNet+random walk / EDAM
-image labels     EPS (CAM + saliency, trained jointly)
-+ saliency
-boxes            GrabCut, then Box2Seg's attention-weighted loss while training the segmenter
-```
-
-This notebook is about the first box: the weak signals, and the data they are derived from.
-
-### Notation
-
-An image $x$ of $H \times W$ pixels has a full mask $Y \in \{0, 1, \dots, C, 255\}^{H \times W}$:
-$0$ is background, $1..C$ the classes, $255$ "ignore" (VOC draws it along object outlines; the
-GrabCut benchmark marks its uncertain band with it). Let $P = \{p : Y_p \neq 255\}$ be the scored
-pixels and $G_p = \mathbb{1}[1 \le Y_p \le C]$ the class-agnostic foreground. The weak signals are
-functions of the full annotation:
-
-* **image label** (multi-hot) — the classes present:
-  $$y_c = \mathbb{1}\big[\exists\, p : Y_p = c\big], \qquad c = 1..C \tag{1}$$
-  read from the XML by `wsss_core.data.voc.VOCLayoutDataset` (`sample["label"]`, index $c-1$ is class $c$);
-  you write it from the mask in exercise 1;
-* **boxes** — for object $k$ with pixels $\Omega_k$, the tight box in 0-based, end-exclusive
-  coordinates (the VOC XML stores the same box 1-based and inclusive):
-  $$B_k = \big(\min_{p \in \Omega_k} p_x,\; \min_{p \in \Omega_k} p_y,\; \max_{p \in \Omega_k} p_x + 1,\; \max_{p \in \Omega_k} p_y + 1\big) \tag{2}$$
-  (`sample["boxes"]`, with `sample["box_labels"]`); exercise 2;
-* **saliency** — a map $S \in [0, 1]^{H \times W}$ from a class-agnostic detector that estimates $G$.
-  Its quality, as salient-object-detection papers measure it, is the mean absolute error
-  (Perazzi et al., CVPR 2012) and the F-measure over thresholds $\tau$ (Achanta et al., CVPR 2009):
-  $$\mathrm{MAE} = \frac{1}{|P|} \sum_{p \in P} |S_p - G_p| \tag{3}$$
-  $$F_\beta(\tau) = \frac{(1 + \beta^2)\, \mathrm{Prec}(\tau)\, \mathrm{Rec}(\tau)}{\beta^2\, \mathrm{Prec}(\tau) + \mathrm{Rec}(\tau)}, \quad \beta^2 = 0.3, \qquad \max F = \max_\tau F_\beta(\tau) \tag{4}$$
-  where $\mathrm{Prec}, \mathrm{Rec}$ are those of the binary map $S \ge \tau$ against $G$ —
-  `wsss_core.metrics.saliency_mae` (Eq. 3), `wsss_core.metrics.saliency_f_measure` (Eq. 4) and
-  `wsss_core.metrics.SaliencyStats`, which averages MAE over images and the precision / recall
-  curves over images before forming $F$ (the SOD-benchmark protocol).
-
-Two quantities describe the problems of §6:
-
-* **co-occurrence** of a context region $k$ (water, rails) with its class $c$ (boat, train), over images:
-  $$P(k \mid c) = \frac{\#\{\text{images with } c \text{ and } k\}}{\#\{\text{images with } c\}}, \qquad
-    P(k \mid \neg c) = \frac{\#\{\text{images with } k,\ \text{without } c\}}{\#\{\text{images without } c\}} \tag{5}$$
-  (`wsss_core.data.toyscenes` stores both in `toyscenes.json`; §4.3 recomputes them);
-* **part share** — how much of the objects a classifier *needs* to see:
-  $$\text{part share} = \frac{\sum_{\text{images}} \#\{\text{discriminative-part pixels}\}}{\sum_{\text{images}} \#\{p : G_p = 1\}} \tag{6}$$
-
-Every later notebook scores its pseudo-labels and predictions $\hat Y$ with the mean intersection
-over union (`wsss_core.metrics.ConfusionMatrix`, pixels of $P$ only, summed over the data set):
-$$\mathrm{IoU}_c = \frac{\#\{p: \hat Y_p = c \wedge Y_p = c\}}{\#\{p: \hat Y_p = c \vee Y_p = c\}}, \qquad
-  \mathrm{mIoU} = \frac{1}{C + 1} \sum_{c=0}^{C} \mathrm{IoU}_c \tag{7}$$
-
-### The data: toy scenes
-
-`wsss_core.data.toyscenes` draws every image from `(seed, index)` and writes it once in the PASCAL VOC
-layout, so the reader that reads VOC reads it too. Besides the VOC folders it writes the layers that
-make the problems measurable: `PartMask/` (the *badge* — a small class-specific mark — of every
-object), `ContextMask/` (water and rails), `Saliency/` (a stand-in for a pretrained saliency
-detector with parameterised errors) and `SaliencyUnsupervised/` (OpenCV's spectral-residual saliency).
-""")
-
-# =====================================================================================================
-# 4 From scratch, then the library
-# =====================================================================================================
-md(r"""
-## 4 From scratch, then the library
-
-Each weak signal is computed here in a few lines of numpy from the files, then compared with what the
-library gives.
-
-### 4.1 Image labels (Eq. 1): from the mask vs. from the XML
-""")
-
-code(r"""
+# %%
 def label_from_mask_scratch(mask, num_classes):
     "Eq. 1 in numpy: the classes 1..C present in a (H, W) mask → (C,) multi-hot."
     present = np.unique(mask)
@@ -222,17 +206,16 @@ mismatch = [train.ids[i] for i in range(len(train))
                                   train.image_label(i))]
 assert not mismatch, mismatch[:5]
 print(f"✓ image labels from masks == image labels from XML on all {len(train)} training images")
-""")
 
-md(r"""
-### 4.2 Boxes (Eq. 2): from the instance mask vs. from the XML
 
-The instance mask (`SegmentationObject/`) numbers the objects 1..K in XML order. Its tight boxes are
-*almost* the XML boxes: like VOC, the masks carry a 255 outline over object borders, drawn after
-the boxes were taken, so the box of the pixels that remain is a little smaller — never larger.
-""")
+# %% [markdown]
+# ### 4.2 Boxes (Eq. 2): from the instance mask vs. from the XML
+#
+# The instance mask (`SegmentationObject/`) numbers the objects 1..K in XML order. Its tight boxes are
+# *almost* the XML boxes: like VOC, the masks carry a 255 outline over object borders, drawn after
+# the boxes were taken, so the box of the pixels that remain is a little smaller — never larger.
 
-code(r"""
+# %%
 def tight_box_scratch(mask):
     "Eq. 2: (x1, y1, x2, y2), 0-based, x2/y2 exclusive, of the True pixels of a (H, W) mask."
     ys, xs = np.nonzero(mask)
@@ -252,16 +235,15 @@ print(f"{len(shrink)} objects; largest side difference between the tight box of 
 assert np.mean(shrink <= 3) > 0.9
 print(f"✓ every tight box lies inside its XML box, and {np.mean(shrink <= 3):.0%} are within 3 px of it "
       "(the others lost a thin tip or sliver under the 255 outline)")
-""")
 
-md(r"""
-### 4.3 Co-occurrence (Eq. 5): from the XML and `ContextMask/` vs. the generator's statistics
 
-Straight from the files — XML for the classes, the context mask for the regions — without the
-dataset class, then compared with the numbers the generator stored in `toyscenes.json`.
-""")
+# %% [markdown]
+# ### 4.3 Co-occurrence (Eq. 5): from the XML and `ContextMask/` vs. the generator's statistics
+#
+# Straight from the files — XML for the classes, the context mask for the regions — without the
+# dataset class, then compared with the numbers the generator stored in `toyscenes.json`.
 
-code(r"""
+# %%
 def cooccurrence_from_files(root, ids, class_names, contexts):
     "Eq. 5 for every (context id → class index) pair: {context name: (P(k | c), P(k | not c))}."
     has_class, has_ctx = [], []
@@ -287,13 +269,11 @@ for k, (name, c) in toyscenes.CONTEXTS.items():
     assert abs(p_with - stored["p_context_given_class"]) < 1e-12
     assert abs(p_without - stored["p_context_given_no_class"]) < 1e-12
 print("✓ recomputed co-occurrence == the generator's statistics")
-""")
 
-md(r"""
-### 4.4 Saliency quality (Eqs. 3–4): a few lines vs. `wsss_core.metrics`
-""")
+# %% [markdown]
+# ### 4.4 Saliency quality (Eqs. 3–4): a few lines vs. `wsss_core.metrics`
 
-code(r"""
+# %%
 r = train.get_raw(0)
 valid = r["mask"] != 255
 S, G = r["saliency"][valid], (r["mask"][valid] > 0)
@@ -313,28 +293,23 @@ print(f"MAE   scratch {mae_scratch:.5f}  library {mae_lib:.5f}")
 print(f"max F scratch {max_f_scratch:.5f}  library {max_f_lib:.5f}")
 assert abs(mae_scratch - mae_lib) < 1e-6 and abs(max_f_scratch - max_f_lib) < 1e-3
 print("✓ agree")
-""")
 
-# =====================================================================================================
-# 5 Run it
-# =====================================================================================================
-md(r"""
-## 5 Run it
+# %% [markdown]
+# ## 5 Run it
+#
+# Nothing is trained in this notebook; "running" it means generating scenes and measuring the data.
+#
+# ### 5.1 Generate scenes (and time the generator)
+#
+# `toyscenes.render_scene(cfg, index)` draws one scene; the tree on disk was written from the same
+# calls. Rendering the first `N_RENDER` training scenes again gives us what the files do not store:
+# which objects are *camouflaged* or *non-convex*, and where the *distractors* are. For the
+# distractors we render each scene a second time with a saliency stand-in that never misses and
+# always fires on distractors, and no blur (`sal_p_miss=0, sal_p_distractor=1, sal_blur_sigma=0`):
+# the generator draws the image before the saliency, so the image and masks are the same (asserted)
+# and the stand-in's map now marks every distractor exactly.
 
-Nothing is trained in this notebook; "running" it means generating scenes and measuring the data.
-
-### 5.1 Generate scenes (and time the generator)
-
-`toyscenes.render_scene(cfg, index)` draws one scene; the tree on disk was written from the same
-calls. Rendering the first `N_RENDER` training scenes again gives us what the files do not store:
-which objects are *camouflaged* or *non-convex*, and where the *distractors* are. For the
-distractors we render each scene a second time with a saliency stand-in that never misses and
-always fires on distractors, and no blur (`sal_p_miss=0, sal_p_distractor=1, sal_blur_sigma=0`):
-the generator draws the image before the saliency, so the image and masks are the same (asserted)
-and the stand-in's map now marks every distractor exactly.
-""")
-
-code(r"""
+# %%
 assert all(train.ids[i] == toyscenes.image_id(i) for i in range(N_RENDER))  # train item i is scene i
 
 t0 = time.perf_counter()
@@ -353,19 +328,17 @@ for i in tqdm(range(N_RENDER), desc="locate distractors"):
         "written; regenerate it with toyscenes.ensure_toyscenes(data.root, cfg, force=True)")
     distractor_masks.append((sc.saliency > 0.3) & (sc.cls == 0))   # salient but background = a distractor body
 print("✓ re-rendered masks == stored masks")
-""")
 
-md(r"""
-### 5.2 Measure the training split
+# %% [markdown]
+# ### 5.2 Measure the training split
+#
+# One pass over the training split through the reader collects everything §6 and §7 need: per image
+# the classes and contexts; per object its size, its box, its body colour and how salient each
+# detector finds it; and the saliency statistics of Eqs. 3–4 for three maps — the detector stand-in,
+# OpenCV's unsupervised saliency, and a *centre prior* (a fixed Gaussian bump in the middle of the
+# image) as the baseline any detector should beat.
 
-One pass over the training split through the reader collects everything §6 and §7 need: per image
-the classes and contexts; per object its size, its box, its body colour and how salient each
-detector finds it; and the saliency statistics of Eqs. 3–4 for three maps — the detector stand-in,
-OpenCV's unsupervised saliency, and a *centre prior* (a fixed Gaussian bump in the middle of the
-image) as the baseline any detector should beat.
-""")
-
-code(r"""
+# %%
 H = W = cfg.image_size
 yy, xx = np.mgrid[0:H, 0:W]
 CENTRE_PRIOR = np.exp(-(((yy - (H - 1) / 2) ** 2 + (xx - (W - 1) / 2) ** 2) / (2 * (H / 4) ** 2))).astype(np.float32)
@@ -408,9 +381,8 @@ objects_per_image = len(objects) / len(images)
 part_share = sum(im["part"] for im in images) / sum(im["fg"] for im in images)
 print(f"{len(images)} images, {len(objects)} objects ({objects_per_image:.2f} per image), "
       f"foreground {sum(im['fg'] for im in images) / sum(im['valid'] for im in images):.1%} of the scored pixels")
-""")
 
-code(r"""
+# %%
 fig = Figure(figsize=(10, 2.6), layout="constrained")
 ax1, ax2, ax3 = fig.subplots(1, 3)
 counts = np.bincount([im["n_objects"] for im in images])
@@ -423,22 +395,17 @@ ax2.set(ylabel="images", title="images per class")
 ax3.hist(np.sqrt(OBJ["area"]), bins=25, color="tab:gray")
 ax3.set(xlabel="√(visible object pixels)", ylabel="objects", title=f"object size (image {W}×{H})")
 display(fig)
-""")
 
-# =====================================================================================================
-# 6 Look at it
-# =====================================================================================================
-md(r"""
-## 6 Look at it
+# %% [markdown]
+# ## 6 Look at it
+#
+# ### 6.1 Three weak signals vs. the full mask
+#
+# Each row is one training image. The full mask (VOC palette; the cream outline is 255, "ignore") is
+# what a fully supervised network would get. The weak signals: the **image label** (written above
+# the image), the **boxes**, and a **saliency** map — from the detector stand-in or from OpenCV.
 
-### 6.1 Three weak signals vs. the full mask
-
-Each row is one training image. The full mask (VOC palette; the cream outline is 255, "ignore") is
-what a fully supervised network would get. The weak signals: the **image label** (written above
-the image), the **boxes**, and a **saliency** map — from the detector stand-in or from OpenCV.
-""")
-
-code(r"""
+# %%
 SHOW = np.sort(rng.choice(len(train), size=min(N_SHOW, len(train)), replace=False))
 
 
@@ -457,22 +424,21 @@ for row, r in enumerate(raws):
 viz.class_legend(fig, NAMES, ignore=True)
 fig.savefig(OUT / "weak_signals.png")
 display(fig)
-""")
 
-md(r"""
-The image label says *what* but not *where*; the boxes say where, roughly, but also enclose
-background; the saliency maps say "something is here" without a class — and, as the last two
-columns already show, not always correctly.
 
-### 6.2 (a) Partial coverage: a classifier needs only the badge
+# %% [markdown]
+# The image label says *what* but not *where*; the boxes say where, roughly, but also enclose
+# background; the saliency maps say "something is here" without a class — and, as the last two
+# columns already show, not always correctly.
+#
+# ### 6.2 (a) Partial coverage: a classifier needs only the badge
+#
+# Every object is a *body* whose shape, colour and texture come from one distribution shared by all
+# classes, carrying a small class-specific *badge* (`PartMask/`). Below: the badge pixels, the image
+# with everything but the badges greyed out, and the image with the badges painted over
+# (`cv2.inpaint`). The class is obvious in the third column and impossible to tell in the fourth.
 
-Every object is a *body* whose shape, colour and texture come from one distribution shared by all
-classes, carrying a small class-specific *badge* (`PartMask/`). Below: the badge pixels, the image
-with everything but the badges greyed out, and the image with the badges painted over
-(`cv2.inpaint`). The class is obvious in the third column and impossible to tell in the fourth.
-""")
-
-code(r"""
+# %%
 def grey_out(image, keep):
     "Image with every pixel outside `keep` (H, W) bool replaced by a flat grey."
     out = np.full_like(image, 128)
@@ -501,16 +467,14 @@ fig = viz.image_grid(rows, col_titles=["image", "badges (PartMask)", "badges onl
 fig.savefig(OUT / "partial_coverage.png")
 display(fig)
 print(f"badge pixels are {part_share:.1%} of all object pixels in the training split (Eq. 6)")
-""")
 
-md(r"""
-Two checks that the badge is *all* a classifier needs. First, the part masks alone give every image
-label exactly (Eq. 1 applied to `PartMask/` instead of the full mask). Second, the badge shape is
-fixed per class while the body is not: below, badges cut out of the first scenes, one row per
-class, and the hue of every object's body colour by class.
-""")
+# %% [markdown]
+# Two checks that the badge is *all* a classifier needs. First, the part masks alone give every image
+# label exactly (Eq. 1 applied to `PartMask/` instead of the full mask). Second, the badge shape is
+# fixed per class while the body is not: below, badges cut out of the first scenes, one row per
+# class, and the hue of every object's body colour by class.
 
-code(r"""
+# %%
 print(f"image label from the badges alone == image label: {np.mean([im['part_label_ok'] for im in images]):.1%} "
       f"of the {len(images)} training images, from {part_share:.1%} of the object pixels")
 
@@ -537,21 +501,20 @@ ax.set(xlabel="hue of the object's mean body colour", ylabel="density",
        title="body colour by class: one distribution for all")
 ax.legend(fontsize=7, ncols=3)
 display(fig)
-""")
 
-md(r"""
-The class is written in a few dozen pixels; the rest of the object — the part a segmentation must
-recover — looks the same for every class (the one exception: a camouflaged boat or train takes the
-colour of the water or rails beneath it). A CNN trained on image labels will take the shortcut:
-its class activation map (notebook 01) lights up the badge and a blob around it and misses most of
-the body — CAM pseudo-labels are *precise but incomplete*. AffinityNet (notebook 02) propagates the
-confident parts to the rest of the body along learned pixel affinities; EDAM (notebook 03) makes the
-classifier attend to the whole object by sharing class-specific features across images.
 
-### 6.3 (b) Co-occurrence: boats on water, trains on rails
-""")
+# %% [markdown]
+# The class is written in a few dozen pixels; the rest of the object — the part a segmentation must
+# recover — looks the same for every class (the one exception: a camouflaged boat or train takes the
+# colour of the water or rails beneath it). A CNN trained on image labels will take the shortcut:
+# its class activation map (notebook 01) lights up the badge and a blob around it and misses most of
+# the body — CAM pseudo-labels are *precise but incomplete*. AffinityNet (notebook 02) propagates the
+# confident parts to the rest of the body along learned pixel affinities; EDAM (notebook 03) makes the
+# classifier attend to the whole object by sharing class-specific features across images.
+#
+# ### 6.3 (b) Co-occurrence: boats on water, trains on rails
 
-code(r"""
+# %%
 def pick(cond, n):
     idx = np.flatnonzero(cond)
     return list(rng.choice(idx, size=min(n, len(idx)), replace=False)) if len(idx) else []
@@ -587,9 +550,8 @@ for g, idx in picked.items():
 fig = viz.image_grid(cols, titles=titles, size=1.7)
 fig.savefig(OUT / "co_occurrence.png")
 display(fig)
-""")
 
-code(r"""
+# %%
 rows = []
 for k, (name, c) in toyscenes.CONTEXTS.items():
     p_with, p_without = co[name]
@@ -598,32 +560,31 @@ for k, (name, c) in toyscenes.CONTEXTS.items():
     rows.append(f"| {NAMES[c]} / {name} | {p_with:.3f} | {p_without:.3f} | {precision:.3f} | {p_with:.3f} |")
 display(Markdown("| class / context | P(context \\| class) | P(context \\| no class) | "
                  "rule 'context ⇒ class': precision | recall |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows)))
-""")
 
-md(r"""
-Water almost always comes with a boat and rarely without one, so "water ⇒ boat" is a good rule for
-the *image label* (some "water, no boat" images even hold a badge-less body floating where a boat
-would be: a distractor) — and a classifier trained on image labels has no reason not to use it. Its CAM
-for "boat" then spreads onto the water: pseudo-labels call water "boat". EPS (notebook 05) counters
-this with a saliency map that says water is background; the leak is measured with EPS's confusion
-ratio (water pixels labelled boat / boat pixels labelled boat). The water also appears without
-boats (`p_context_without_class`), which is what lets a careful method tell them apart.
 
-### 6.4 (c) Clutter: distractors, camouflage, non-convex bodies — why GrabCut from boxes errs
+# %% [markdown]
+# Water almost always comes with a boat and rarely without one, so "water ⇒ boat" is a good rule for
+# the *image label* (some "water, no boat" images even hold a badge-less body floating where a boat
+# would be: a distractor) — and a classifier trained on image labels has no reason not to use it. Its CAM
+# for "boat" then spreads onto the water: pseudo-labels call water "boat". EPS (notebook 05) counters
+# this with a saliency map that says water is background; the leak is measured with EPS's confusion
+# ratio (water pixels labelled boat / boat pixels labelled boat). The water also appears without
+# boats (`p_context_without_class`), which is what lets a careful method tell them apart.
+#
+# ### 6.4 (c) Clutter: distractors, camouflage, non-convex bodies — why GrabCut from boxes errs
+#
+# Three kinds of clutter, all invisible in the weak labels:
+#
+# * **distractors** — bodies that look exactly like objects but carry no badge; the ground truth calls
+#   them background (outlined in white below);
+# * **camouflaged bodies** — coloured like the background beneath them;
+# * **non-convex bodies** — lobed, bitten or L-shaped, so their box holds a lot of background.
+#
+# GrabCut (Rother et al., 2004) is the classic way to turn a box into a mask: it fits colour models
+# inside and outside the box and cuts along colour edges. Here it runs on the first `N_GRABCUT`
+# objects (OpenCV, 5 iterations, one box at a time), scored inside each box (255 skipped).
 
-Three kinds of clutter, all invisible in the weak labels:
-
-* **distractors** — bodies that look exactly like objects but carry no badge; the ground truth calls
-  them background (outlined in white below);
-* **camouflaged bodies** — coloured like the background beneath them;
-* **non-convex bodies** — lobed, bitten or L-shaped, so their box holds a lot of background.
-
-GrabCut (Rother et al., 2004) is the classic way to turn a box into a mask: it fits colour models
-inside and outside the box and cuts along colour edges. Here it runs on the first `N_GRABCUT`
-objects (OpenCV, 5 iterations, one box at a time), scored inside each box (255 skipped).
-""")
-
-code(r"""
+# %%
 def error_map(image, pred, mask):
     "Prediction (H, W) bool vs. the foreground of `mask`: red = predicted but background (over-estimation), "
     "blue = object but not predicted (under-estimation), grey = right; 255 pixels and the rest dimmed."
@@ -680,9 +641,9 @@ print(f"first {N_RENDER} training scenes: {np.mean(n_distractors):.2f} distracto
       f"(whole data set: {man['stats']['camouflaged_share']:.1%}), {nonconvex_subset:.1%} non-convex")
 display(Markdown("| objects | n | object share of its box | GrabCut IoU in the box |\n|---|---:|---:|---:|\n" + "\n".join(
     f"| {g} | {m.sum()} | {GC['fill'][m].mean():.3f} | {GC['iou'][m].mean():.3f} |" for g, m in gc_groups.items() if m.any())))
-""")
 
-code(r"""
+
+# %%
 def outline(image, m, colour=(255, 255, 255)):
     "Draw the outline of the (H, W) bool mask `m` on a copy of `image`."
     out = image.copy()
@@ -721,26 +682,24 @@ if rows:
                            NAMES, show_names=col == 2, linewidth=1.5 if col == 2 else 0.8)
     fig.savefig(OUT / "clutter_grabcut.png")
     display(fig)
-""")
 
-md(r"""
-Each row is the *worst* GrabCut result of its kind in the sample (the table gives the averages).
-White outlines in the first column are distractor bodies: background in the full mask, yet they look
-exactly like objects. No box is drawn around them, but one may lie inside another object's box, where
-a colour model can take it for the object, and a saliency detector or a CAM may fire on it. GrabCut does well on convex bodies that stand out, worse on non-convex ones (a box is a
-poor first guess of a lobed or L-shaped body), and fails on camouflaged bodies, whose colour model
-cannot be told apart from the background's: it either swallows the background in the box
-(over-estimation) or keeps a fragment (under-estimation). A "filled box" — every box pixel labelled
-with the class — is wrong on all the background a box holds (1 minus the "object share of its box"
-column of the table above). Box2Seg (notebook 04) trains the segmenter on GrabCut's pseudo-labels,
-but weights each pixel's loss inside the boxes by a learned per-class attention map, regularised by
-the filling rate GrabCut gives each box — so the loss leans on the pixels the network finds
-object-like rather than on every GrabCut label alike.
+# %% [markdown]
+# Each row is the *worst* GrabCut result of its kind in the sample (the table gives the averages).
+# White outlines in the first column are distractor bodies: background in the full mask, yet they look
+# exactly like objects. No box is drawn around them, but one may lie inside another object's box, where
+# a colour model can take it for the object, and a saliency detector or a CAM may fire on it. GrabCut does well on convex bodies that stand out, worse on non-convex ones (a box is a
+# poor first guess of a lobed or L-shaped body), and fails on camouflaged bodies, whose colour model
+# cannot be told apart from the background's: it either swallows the background in the box
+# (over-estimation) or keeps a fragment (under-estimation). A "filled box" — every box pixel labelled
+# with the class — is wrong on all the background a box holds (1 minus the "object share of its box"
+# column of the table above). Box2Seg (notebook 04) trains the segmenter on GrabCut's pseudo-labels,
+# but weights each pixel's loss inside the boxes by a learned per-class attention map, regularised by
+# the filling rate GrabCut gives each box — so the loss leans on the pixels the network finds
+# object-like rather than on every GrabCut label alike.
+#
+# ### 6.5 (d) Saliency quality
 
-### 6.5 (d) Saliency quality
-""")
-
-code(r"""
+# %%
 fig = Figure(figsize=(9.5, 2.8), layout="constrained")
 ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.3, 1])
 taus = np.arange(256) / 255
@@ -763,25 +722,23 @@ print("OpenCV's saliency, mean value on: badges {:.2f}, object bodies {:.2f}, di
       "all background {:.2f}".format(np.nanmean([im["unsup_badge"] for im in images]),
                                      np.nanmean([im["unsup_body"] for im in images]), unsup_on_distractors,
                                      np.mean([im["unsup_bg"] for im in images])))
-""")
 
-md(r"""
-The stand-in plays the role of a *pretrained* salient-object detector (EPS used PFAN, EDAM PoolNet):
-good on the whole — low MAE, high max F — but with a blurred boundary, a few objects missed entirely
-and some distractors marked as salient. OpenCV's spectral-residual saliency is a real, unsupervised
-detector: better than the centre prior, far below the stand-in, and — the last line above — it
-responds mostly to the *badges*, the same small saturated marks a classifier learns, and little to
-the bodies. It tells where objects are, not how far they extend, so it cannot repair partial
-coverage. That is why the EPS notebook uses the stand-in by default and keeps OpenCV as the honest
-hard case. Every notebook that uses a saliency map reports its MAE and max F next to its own results.
+# %% [markdown]
+# The stand-in plays the role of a *pretrained* salient-object detector (EPS used PFAN, EDAM PoolNet):
+# good on the whole — low MAE, high max F — but with a blurred boundary, a few objects missed entirely
+# and some distractors marked as salient. OpenCV's spectral-residual saliency is a real, unsupervised
+# detector: better than the centre prior, far below the stand-in, and — the last line above — it
+# responds mostly to the *badges*, the same small saturated marks a classifier learns, and little to
+# the bodies. It tells where objects are, not how far they extend, so it cannot repair partial
+# coverage. That is why the EPS notebook uses the stand-in by default and keeps OpenCV as the honest
+# hard case. Every notebook that uses a saliency map reports its MAE and max F next to its own results.
+#
+# ### 6.6 Explore the data
+#
+# Move the sliders (in a live Jupyter session) to browse the training images layer by layer; in an
+# executed copy of this notebook you see the figure for the default values.
 
-### 6.6 Explore the data
-
-Move the sliders (in a live Jupyter session) to browse the training images layer by layer; in an
-executed copy of this notebook you see the figure for the default values.
-""")
-
-code(r"""
+# %%
 LAYERS = ["mask", "parts", "context", "saliency (stand-in)", "saliency (OpenCV)", "boxes", "distractors"]
 
 
@@ -811,18 +768,16 @@ def render(index, layer, alpha):
 
 
 widgets.explore(render, index=(0, len(train) - 1, 1, int(SHOW[0])), layer=LAYERS, alpha=(0.0, 1.0, 0.05, 0.55));
-""")
 
-md(r"""
-### 6.7 Real photos, read by the same reader
+# %% [markdown]
+# ### 6.7 Real photos, read by the same reader
+#
+# Two small real datasets in the same VOC layout (see `../shared/data/README.md`, not shipped with the
+# package): the GrabCut benchmark (Rother et al., 2004; one foreground class, masks with an *unknown*
+# band marked 255) and the Weizmann horses (class 13 = horse, VOC numbering). If they are absent this
+# section is skipped.
 
-Two small real datasets in the same VOC layout (see `../shared/data/README.md`, not shipped with the
-package): the GrabCut benchmark (Rother et al., 2004; one foreground class, masks with an *unknown*
-band marked 255) and the Weizmann horses (class 13 = horse, VOC numbering). If they are absent this
-section is skipped.
-""")
-
-code(r"""
+# %%
 SHARED = profiles.shared_data_dir()
 real_stats = {}
 if SHARED is None:
@@ -882,29 +837,23 @@ if PROFILE == "paper":
         display(viz.image_grid(rows, col_titles=["PASCAL VOC val", "mask"], size=2.4))
     except FileNotFoundError as e:
         print(f"PASCAL VOC not shown: {e}")
-""")
 
-md(r"""
-The real masks follow the same conventions — palette PNG, 0 background, 255 ignore — so every later
-stage runs on them unchanged. GrabCut's 255 band is thin (zoom in the last column) but it matters:
-those pixels are skipped by every metric here, exactly as VOC's outlines are.
+# %% [markdown]
+# The real masks follow the same conventions — palette PNG, 0 background, 255 ignore — so every later
+# stage runs on them unchanged. GrabCut's 255 band is thin (zoom in the last column) but it matters:
+# those pixels are skipped by every metric here, exactly as VOC's outlines are.
+#
+# OpenCV's saliency is no better on real horses than on the toy scenes: an unsupervised detector is
+# a weak signal on real photos too, which is why the papers rely on *trained* saliency networks.
 
-OpenCV's saliency is no better on real horses than on the toy scenes: an unsupervised detector is
-a weak signal on real photos too, which is why the papers rely on *trained* saliency networks.
-""")
+# %% [markdown]
+# ## 7 Measure it
+#
+# The numbers of this notebook, with where each comes from; they go to
+# `OUT_DIR/00_weak_supervision/metrics.json` under stable keys (the runner's regression baseline
+# reads them).
 
-# =====================================================================================================
-# 7 Measure it
-# =====================================================================================================
-md(r"""
-## 7 Measure it
-
-The numbers of this notebook, with where each comes from; they go to
-`OUT_DIR/00_weak_supervision/metrics.json` under stable keys (the runner's regression baseline
-reads them).
-""")
-
-code(r"""
+# %%
 sal_d, sal_u = sal_stats["stand-in detector"].value, sal_stats["OpenCV (unsupervised)"].value
 metrics = {
     "n_train": len(train),
@@ -958,21 +907,16 @@ more = [("(a)", "image labels recovered from the badges alone (§6.2)",
          f"{sal_stats['centre prior'].value['mae']:.3f} / {sal_stats['centre prior'].value['max_f']:.3f}")]
 display(Markdown("Not in `metrics.json` (they depend on subsets and on OpenCV's GrabCut), but worth keeping in mind:\n\n"
                  "| problem | quantity | value |\n|---|---|---:|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in more)))
-""")
 
-# =====================================================================================================
-# 8 What goes wrong
-# =====================================================================================================
-md(r"""
-## 8 What goes wrong
+# %% [markdown]
+# ## 8 What goes wrong
+#
+# A weak signal that is *wrong* is worse than one that is silent. Here are the saliency stand-in's two
+# failure modes on training images: an object it misses, and a distractor it marks as salient. The
+# error map shows the binarised saliency ($S \ge 0.5$) against the true foreground: **red** = salient
+# but background (false positive), **blue** = object but not salient (false negative).
 
-A weak signal that is *wrong* is worse than one that is silent. Here are the saliency stand-in's two
-failure modes on training images: an object it misses, and a distractor it marks as salient. The
-error map shows the binarised saliency ($S \ge 0.5$) against the true foreground: **red** = salient
-but background (false positive), **blue** = object but not salient (false negative).
-""")
-
-code(r"""
+# %%
 cases = []
 missed_idx = [int(OBJ["index"][j]) for j in np.flatnonzero(missed)]
 if missed_idx:
@@ -995,124 +939,108 @@ if cases:
     display(fig)
 else:
     print("no saliency failure among these images (try a larger profile)")
-""")
 
-md(r"""
-What the later methods will suffer from these errors:
 
-* **EPS** (notebook 05) trains the classifier so that its class maps, summed, *reproduce the saliency
-  map*. A missed object teaches it that the object's pixels are background — the class map is pushed
-  off the body it should cover; a salient distractor teaches it that a badge-less body is foreground,
-  so some class map is pushed onto it. (EPS's map-selection rule only decides, per present class,
-  whether that class counts as foreground; it cannot repair a wrong saliency pixel.)
-* **EDAM** (notebook 03) uses saliency when it makes pseudo-labels: where the saliency map is
-  (nearly) zero the pixel becomes background unless a class map is at its very peak — a missed
-  object is largely erased from its pseudo-label.
-* **GrabCut / Box2Seg** (notebook 04) do not use saliency, but suffer the same way from camouflage
-  (§6.4): a colour model cannot find a body coloured like its background.
+# %% [markdown]
+# What the later methods will suffer from these errors:
+#
+# * **EPS** (notebook 05) trains the classifier so that its class maps, summed, *reproduce the saliency
+#   map*. A missed object teaches it that the object's pixels are background — the class map is pushed
+#   off the body it should cover; a salient distractor teaches it that a badge-less body is foreground,
+#   so some class map is pushed onto it. (EPS's map-selection rule only decides, per present class,
+#   whether that class counts as foreground; it cannot repair a wrong saliency pixel.)
+# * **EDAM** (notebook 03) uses saliency when it makes pseudo-labels: where the saliency map is
+#   (nearly) zero the pixel becomes background unless a class map is at its very peak — a missed
+#   object is largely erased from its pseudo-label.
+# * **GrabCut / Box2Seg** (notebook 04) do not use saliency, but suffer the same way from camouflage
+#   (§6.4): a colour model cannot find a body coloured like its background.
+#
+# The numbers to keep in mind: the stand-in's max F (§7) bounds how well a saliency-guided method can
+# separate foreground from background; OpenCV's much lower max F is what happens without a trained
+# detector.
 
-The numbers to keep in mind: the stand-in's max F (§7) bounds how well a saliency-guided method can
-separate foreground from background; OpenCV's much lower max F is what happens without a trained
-detector.
-""")
+# %% [markdown]
+# ## 9 Exercises
+#
+# **Exercise 1 — image labels from a mask (Eq. 1).** Write `image_label_from_mask(mask, num_classes)`:
+# `mask` is an `(H, W)` integer array with 0 = background, 1..C = classes and 255 = ignore; return a
+# `(num_classes,)` float32 multi-hot vector whose entry `c - 1` is 1 if class `c` occurs in the mask.
+# Replace the `raise` and run the check cell.
 
-# =====================================================================================================
-# 9 Exercises
-# =====================================================================================================
-md(r"""
-## 9 Exercises
-
-**Exercise 1 — image labels from a mask (Eq. 1).** Write `image_label_from_mask(mask, num_classes)`:
-`mask` is an `(H, W)` integer array with 0 = background, 1..C = classes and 255 = ignore; return a
-`(num_classes,)` float32 multi-hot vector whose entry `c - 1` is 1 if class `c` occurs in the mask.
-Replace the `raise` and run the check cell.
-""")
-
-code(r"""
+# %%
 def image_label_from_mask(mask, num_classes):
     "(H, W) int mask (0 bg, 1..C classes, 255 ignore) → (num_classes,) float32 multi-hot."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_1 = exercises.check("image_label_from_mask", image_label_from_mask, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 2 — the tight box of a mask (Eq. 2).** Write `tight_box(mask)`: `mask` is an `(H, W)`
-boolean array with at least one True pixel; return `(x1, y1, x2, y2)` — 0-based, with `x2`, `y2`
-*exclusive* (the convention of `sample["boxes"]`; the VOC XML stores `x1 + 1, y1 + 1, x2, y2`).
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 2 — the tight box of a mask (Eq. 2).** Write `tight_box(mask)`: `mask` is an `(H, W)`
+# boolean array with at least one True pixel; return `(x1, y1, x2, y2)` — 0-based, with `x2`, `y2`
+# *exclusive* (the convention of `sample["boxes"]`; the VOC XML stores `x1 + 1, y1 + 1, x2, y2`).
+
+# %%
 def tight_box(mask):
     "(H, W) bool mask → (x1, y1, x2, y2) ints, 0-based, x2 / y2 exclusive."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_2 = exercises.check("tight_box", tight_box, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 3 — predict, then test (no check cell).** The co-occurrence of §6.3 is set by
-`ToySceneConfig.p_context_with_class` (now 0.95) and `p_context_without_class` (now 0.05).
+# %% [markdown]
+# **Exercise 3 — predict, then test (no check cell).** The co-occurrence of §6.3 is set by
+# `ToySceneConfig.p_context_with_class` (now 0.95) and `p_context_without_class` (now 0.05).
+#
+# 1. Before running anything: if both were 0.5, what would P(water | boat) and P(water | no boat)
+#    be, and how much would the boat class map of notebook 01 leak onto water compared with now?
+#    What if `p_context_without_class` were 0?
+# 2. Render a few hundred scenes with `toyscenes.render_scene(dataclasses.replace(cfg, p_context_with_class=0.5,
+#    p_context_without_class=0.5), i)` and recompute Eq. 5 from `scene.objects` and `scene.context`
+#    to check the first half of your prediction. (The second half needs notebook 01: generate a
+#    dataset with `toyscenes.ensure_toyscenes(folder, that_config)` and pass `DATA_ROOT=folder`.)
+# 3. Why does the generator keep `p_context_without_class` above zero? (Hint: what could a method
+#    learn about water from images that have water and no boat?)
 
-1. Before running anything: if both were 0.5, what would P(water | boat) and P(water | no boat)
-   be, and how much would the boat class map of notebook 01 leak onto water compared with now?
-   What if `p_context_without_class` were 0?
-2. Render a few hundred scenes with `toyscenes.render_scene(dataclasses.replace(cfg, p_context_with_class=0.5,
-   p_context_without_class=0.5), i)` and recompute Eq. 5 from `scene.objects` and `scene.context`
-   to check the first half of your prediction. (The second half needs notebook 01: generate a
-   dataset with `toyscenes.ensure_toyscenes(folder, that_config)` and pass `DATA_ROOT=folder`.)
-3. Why does the generator keep `p_context_without_class` above zero? (Hint: what could a method
-   learn about water from images that have water and no boat?)
-""")
-
-# =====================================================================================================
-# 10 Summary and pointers
-# =====================================================================================================
-md(r"""
-## 10 Summary and pointers
-
-* A weak signal is a function of the full mask that throws most of it away: image labels keep the
-  classes (Eq. 1), boxes keep the extents (Eq. 2), saliency keeps a noisy class-agnostic
-  foreground. Every WSSS method is a pseudo-label maker that guesses the rest.
-* The toy scenes make the guessing hard in the four ways the papers describe, each measured above
-  (§7): badges are a small share of the object pixels yet identify the class; water and rails
-  co-occur with boats and trains; distractors, camouflage and non-convex bodies defeat box-based
-  colour models; a pretrained-like saliency detector misses objects and fires on distractors, and
-  an unsupervised one mostly finds the badges.
-
-| problem (§) | what it does to pseudo-labels | notebook | method (paper) |
-|---|---|---|---|
-| (a) partial coverage (6.2) | CAMs cover the badge, miss the body | 01 | CAM (Zhou et al., CVPR 2016) as the baseline |
-| (a) partial coverage | propagate confident CAM regions along pixel affinities | 02 | AffinityNet + random walk (Ahn & Kwak, CVPR 2018; IRN, Ahn et al., CVPR 2019) |
-| (a) partial coverage | attend to whole objects across images | 03 | EDAM (Wu et al., CVPR 2021) |
-| (c) clutter (6.4) | GrabCut from boxes over- and under-estimates | 04 | GrabCut (Rother et al., 2004) + Box2Seg (Kulharia et al., ECCV 2020) |
-| (b) co-occurrence (6.3), (d) saliency (6.5) | CAMs leak onto water / rails | 05 | EPS (Lee et al., CVPR 2021), confusion ratio |
-| all | pseudo-label errors become network errors | 06 | segmentation network trained on each pseudo-label set, one comparison table |
-
-**Toy scenes next to PASCAL VOC 2012** (the data of the papers' numbers; toy numbers from this run):
-
-| | PASCAL VOC 2012 | toy scenes (this run) |
-|---|---|---|
-| classes | 20 + background | 6 + background |
-| training images | 1 464 (10 582 with SBD's train_aug) | see `n_train` in §7 |
-| validation images | 1 449 | see `n_val` in §7 |
-| image size | about 500 × 375 | 96 × 96 |
-| where the problems come from | the world | parameters of `ToySceneConfig`, measured in §7 |
-
-The toy scenes are a teaching instrument on a CPU, not a benchmark: a method's mIoU on them is not
-comparable with its VOC number, but the *order* of the methods and the size of each problem are
-what the next notebooks look at.
-
-Next: **01 · class activation maps** — train a classifier on the image labels and watch its CAMs
-find the badges.
-""")
-
-
-if __name__ == "__main__":
-    NB.write()
+# %% [markdown]
+# ## 10 Summary and pointers
+#
+# * A weak signal is a function of the full mask that throws most of it away: image labels keep the
+#   classes (Eq. 1), boxes keep the extents (Eq. 2), saliency keeps a noisy class-agnostic
+#   foreground. Every WSSS method is a pseudo-label maker that guesses the rest.
+# * The toy scenes make the guessing hard in the four ways the papers describe, each measured above
+#   (§7): badges are a small share of the object pixels yet identify the class; water and rails
+#   co-occur with boats and trains; distractors, camouflage and non-convex bodies defeat box-based
+#   colour models; a pretrained-like saliency detector misses objects and fires on distractors, and
+#   an unsupervised one mostly finds the badges.
+#
+# | problem (§) | what it does to pseudo-labels | notebook | method (paper) |
+# |---|---|---|---|
+# | (a) partial coverage (6.2) | CAMs cover the badge, miss the body | 01 | CAM (Zhou et al., CVPR 2016) as the baseline |
+# | (a) partial coverage | propagate confident CAM regions along pixel affinities | 02 | AffinityNet + random walk (Ahn & Kwak, CVPR 2018; IRN, Ahn et al., CVPR 2019) |
+# | (a) partial coverage | attend to whole objects across images | 03 | EDAM (Wu et al., CVPR 2021) |
+# | (c) clutter (6.4) | GrabCut from boxes over- and under-estimates | 04 | GrabCut (Rother et al., 2004) + Box2Seg (Kulharia et al., ECCV 2020) |
+# | (b) co-occurrence (6.3), (d) saliency (6.5) | CAMs leak onto water / rails | 05 | EPS (Lee et al., CVPR 2021), confusion ratio |
+# | all | pseudo-label errors become network errors | 06 | segmentation network trained on each pseudo-label set, one comparison table |
+#
+# **Toy scenes next to PASCAL VOC 2012** (the data of the papers' numbers; toy numbers from this run):
+#
+# | | PASCAL VOC 2012 | toy scenes (this run) |
+# |---|---|---|
+# | classes | 20 + background | 6 + background |
+# | training images | 1 464 (10 582 with SBD's train_aug) | see `n_train` in §7 |
+# | validation images | 1 449 | see `n_val` in §7 |
+# | image size | about 500 × 375 | 96 × 96 |
+# | where the problems come from | the world | parameters of `ToySceneConfig`, measured in §7 |
+#
+# The toy scenes are a teaching instrument on a CPU, not a benchmark: a method's mIoU on them is not
+# comparable with its VOC number, but the *order* of the methods and the size of each problem are
+# what the next notebooks look at.
+#
+# Next: **01 · class activation maps** — train a classifier on the image labels and watch its CAMs
+# find the badges.

@@ -1,73 +1,66 @@
-"""Write notebooks/04_box2seg.ipynb (no outputs, no execution counts).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/_build/build_04.py
+# %% [markdown]
+# # 04 · Box2Seg: segmentation from bounding boxes
+#
+# ## 1 Objective
+#
+# Notebooks 01–03 start from the weakest label, the list of classes in an image. A **bounding box** per
+# object says much more — which class, how many, and roughly where and how big — and costs an annotator
+# about 10 s per object instead of a minute or more for a polygon. What it does not say is *which pixels
+# of the box are object*. The classic answer (SDI, Khoreva et al. CVPR 2017) is to run **GrabCut**
+# (Rother et al., SIGGRAPH 2004) inside every box and train an ordinary segmentation network on the result.
+# GrabCut is good but not right: it **under-estimates** an object whose colours resemble its surroundings
+# and **over-estimates** when background inside the box looks like the object. The figure at the end of
+# §2 shows both on our toy scenes.
+#
+# **Box2Seg** (Kulharia, Chandra, Agrawal, Torr & Tyagi, ECCV 2020) keeps GrabCut's labels but does not
+# trust them blindly:
+#
+# * an **attention-weighted loss** — the per-pixel cross-entropy inside a box, multiplied by a
+#   *predicted*, per-class attention score — lets the network decide which pixels of a box to learn as
+#   object and damps the gradients of wrong foreground labels;
+# * a **soft filling-rate constraint** ties the attention of each box to the share of the box that
+#   GrabCut found to be object, so the attention cannot simply switch itself off;
+# * **discriminative pixel embeddings**, first trained so that pixels with the same GrabCut label are
+#   similar, then trained so that their pairwise affinities agree with the segmentation;
+# * at test time only the segmentation branch is used.
+#
+# **No official code was released and the paper body was not available to us**: what follows is *our
+# reconstruction* from the authors' own description (their blog and abstract; see
+# `../shared/reference/algorithms.md` §5), every open choice documented in §3 and in the docstrings of
+# `wsss_core.losses_box2seg`. We measure GrabCut's errors, train one segmentation network on the same
+# schedule with filled boxes, with GrabCut labels, and with Box2Seg's losses (and without each of its
+# terms), and look at the learned attention and embeddings. The authors also report that the same loss
+# helps **fully supervised** training when some objects are missing from the masks but all boxes are
+# present (§7.4); §7.5 repeats the key comparison on two small sets of real photos, and §7.6 on toy scenes
+# redrawn so that GrabCut errs as it does on photos.
+#
+# *How to use it:* run top to bottom. With `PROFILE = "tutorial"` the first run makes GrabCut labels and
+# trains several small networks on a CPU (§10 prints how long it took here); everything is stored under
+# `OUT_DIR`, so a second run reloads it. `"smoke"` (CI) proves the code path on a few dozen images — its
+# numbers mean nothing. Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
 
-Edit the cells here, not in the .ipynb, and re-run this script; the notebook is its output.
-"""
-from __future__ import annotations
+# %% [markdown]
+# ## 2 Parameters
+#
+# Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
+# and `USE_SOLUTIONS`).
 
-from nbbuild import NotebookBuilder
-
-NB = NotebookBuilder("04_box2seg")
-md, code = NB.md, NB.code
-
-
-# =====================================================================================================
-# 1 Objective
-# =====================================================================================================
-md(r"""
-# 04 · Box2Seg: segmentation from bounding boxes
-
-## 1 Objective
-
-Notebooks 01–03 start from the weakest label, the list of classes in an image. A **bounding box** per
-object says much more — which class, how many, and roughly where and how big — and costs an annotator
-about 10 s per object instead of a minute or more for a polygon. What it does not say is *which pixels
-of the box are object*. The classic answer (SDI, Khoreva et al. CVPR 2017) is to run **GrabCut**
-(Rother et al., SIGGRAPH 2004) inside every box and train an ordinary segmentation network on the result.
-GrabCut is good but not right: it **under-estimates** an object whose colours resemble its surroundings
-and **over-estimates** when background inside the box looks like the object. The figure at the end of
-§2 shows both on our toy scenes.
-
-**Box2Seg** (Kulharia, Chandra, Agrawal, Torr & Tyagi, ECCV 2020) keeps GrabCut's labels but does not
-trust them blindly:
-
-* an **attention-weighted loss** — the per-pixel cross-entropy inside a box, multiplied by a
-  *predicted*, per-class attention score — lets the network decide which pixels of a box to learn as
-  object and damps the gradients of wrong foreground labels;
-* a **soft filling-rate constraint** ties the attention of each box to the share of the box that
-  GrabCut found to be object, so the attention cannot simply switch itself off;
-* **discriminative pixel embeddings**, first trained so that pixels with the same GrabCut label are
-  similar, then trained so that their pairwise affinities agree with the segmentation;
-* at test time only the segmentation branch is used.
-
-**No official code was released and the paper body was not available to us**: what follows is *our
-reconstruction* from the authors' own description (their blog and abstract; see
-`../shared/reference/algorithms.md` §5), every open choice documented in §3 and in the docstrings of
-`wsss_core.losses_box2seg`. We measure GrabCut's errors, train one segmentation network on the same
-schedule with filled boxes, with GrabCut labels, and with Box2Seg's losses (and without each of its
-terms), and look at the learned attention and embeddings. The authors also report that the same loss
-helps **fully supervised** training when some objects are missing from the masks but all boxes are
-present (§7.4); §7.5 repeats the key comparison on two small sets of real photos, and §7.6 on toy scenes
-redrawn so that GrabCut errs as it does on photos.
-
-*How to use it:* run top to bottom. With `PROFILE = "tutorial"` the first run makes GrabCut labels and
-trains several small networks on a CPU (§10 prints how long it took here); everything is stored under
-`OUT_DIR`, so a second run reloads it. `"smoke"` (CI) proves the code path on a few dozen images — its
-numbers mean nothing. Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
-""")
-
-# =====================================================================================================
-# 2 Parameters
-# =====================================================================================================
-md(r"""
-## 2 Parameters
-
-Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
-and `USE_SOLUTIONS`).
-""")
-
-code(r"""
+# %% tags=["parameters"]
 PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (laptop CPU, minutes) | "paper" (PASCAL VOC on a GPU)
 DATA_ROOT = None            # None: the profile's default data folder (toy scenes are generated on first use)
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
@@ -84,9 +77,8 @@ N_SHOW = 5                  # images in the example figures
 N_ATTENTION_IMAGES = 300    # §6.2: training images over which the attention is measured against GrabCut's errors
 LONG_SCHEDULE = 3           # §7.3: also train GrabCut + CE and both Box2Seg variants for 3 times the epochs (3 trainings, 6 with SEED_CHECK; 0 skips it)
 PHOTO_LIKE = True           # §7.6: the same comparison on toy scenes whose boxes hold background as on photos (2 more trainings)
-""", tags=["parameters"])
 
-code(r"""
+# %%
 # Everything else is derived from the parameters above.
 import dataclasses
 import json
@@ -115,7 +107,7 @@ from wsss_core.data.voc import VOCLayoutDataset
 from wsss_core.stages import box2seg as stage
 from wsss_core.stages.cam import write_metrics
 
-%matplotlib inline
+# %matplotlib inline
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9,
                      "image.interpolation": "nearest"})
 engine.seed_everything(SEED)
@@ -167,17 +159,16 @@ print(f"settings: {RUN}")
 print(f"outputs: {rel(OUT)}")
 print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, opencv {cv2.__version__}, "
       f"wsss_core {wsss_core.__version__}")
-""")
 
-md(r"""
-### The problem on a picture
 
-Each row: the image with its boxes (all we are given), the boxes filled with their class, GrabCut
-inside every box, and the true mask (used only to score). Rows are picked to include a
-*camouflaged* object (its body has the colour of the background beneath it) and a *non-convex* one.
-""")
+# %% [markdown]
+# ### The problem on a picture
+#
+# Each row: the image with its boxes (all we are given), the boxes filled with their class, GrabCut
+# inside every box, and the true mask (used only to score). Rows are picked to include a
+# *camouflaged* object (its body has the colour of the background beneath it) and a *non-convex* one.
 
-code(r"""
+# %%
 def label_names(label) -> str:
     return ", ".join(NAMES[c + 1] for c in np.flatnonzero(label)) or "(none)"
 
@@ -220,101 +211,92 @@ for row in range(len(SHOW)):
 viz.class_legend(fig, NAMES, ignore=True)
 fig.savefig(OUT / "problem.png")
 display(fig)
-""")
 
-# =====================================================================================================
-# 3 Theory
-# =====================================================================================================
-md(r"""
-## 3 Theory
+# %% [markdown]
+# ## 3 Theory
+#
+# **GrabCut** (Rother, Kolmogorov & Blake 2004; `cv2.grabCut`, called by `wsss_core.boxes.grabcut_box`).
+# Each pixel $n$ gets an opacity $\alpha_n \in \{0, 1\}$ (background / object). Object and background
+# colours are each modelled by a Gaussian mixture with $K = 5$ components $\theta$; $k_n$ is the component
+# of pixel $n$. GrabCut minimises the energy
+#
+# $$E(\alpha, k, \theta, z) = \sum_n -\log\big(\pi_{\alpha_n k_n}\, \mathcal{N}(z_n;\, \mu_{\alpha_n k_n}, \Sigma_{\alpha_n k_n})\big)
+# + \gamma \sum_{(m, n) \in \mathcal{N}} [\alpha_m \neq \alpha_n]\, e^{-\beta \lVert z_m - z_n \rVert^2} \tag{1}$$
+#
+# — a colour term and a contrast-sensitive smoothness term over neighbouring pixels — by alternating:
+# assign components, re-fit the mixtures, solve for $\alpha$ with a min-cut. Initialised from a
+# rectangle (`GC_INIT_WITH_RECT`), the outside is *sure background* and the inside *probably object*;
+# after 5 iterations the object is $\{\text{GC\_FGD}, \text{GC\_PR\_FGD}\}$. Its failure modes follow
+# from Eq. 1: an object coloured like its surroundings costs nothing to drop (**under-estimation**), and
+# background inside the box coloured like the object costs nothing to keep (**over-estimation**).
+#
+# **From boxes to a label map** (`wsss_core.boxes.grabcut_labels`, `paste_masks`; the convention of SDI and
+# its public re-implementation): one GrabCut per box $b$ of class $c_b$ gives a mask $G_b$; masks are
+# pasted largest box first, so the **smallest box containing a pixel wins**; pixels outside every box are
+# background:
+#
+# $$Y(x) = c_{b^*(x)} \ \text{ with } \ b^*(x) = \arg\min_{b \,:\, x \in G_b} |b|, \qquad Y(x) = 0 \text{ if no } G_b \ni x. \tag{2}$$
+#
+# Boxes thinner than 3 px (or under 9 px²) are filled; a box covering the whole image is shrunk by 3 px
+# per side so that GrabCut has background to model. The **filling rate** of a box (BCM's term, Song et
+# al. CVPR 2019; `wsss_core.boxes.filling_rates`) is the share of it that is object,
+# $\rho_b = |G_b \cap b| / |b|$.
+#
+# **Box2Seg — our reconstruction** (`wsss_core.losses_box2seg`; the equation numbers B1–B7 are ours).
+# The network (`wsss_core.models.segnet.SegNet`) has a shared backbone + decoder and three heads:
+# segmentation probabilities $p_c(x)$ ($c = 0$ background), per-class attention $A_c(x) = \sigma(a_c(x))$,
+# and unit embeddings $e(x)$. Let $k(x)$ be the smallest box containing $x$ (`wsss_core.boxes.box_index_map`),
+# $\Omega_k$ the pixels whose smallest box is $k$, $\Omega_B = \cup_k \Omega_k$, and $\rho_k$ GrabCut's
+# filling rate of box $k$ on $\Omega_k$ (`wsss_core.boxes.region_filling_rates`).
+#
+# * (B1) the base loss, cross-entropy on GrabCut's labels (`L.cross_entropy`):
+#   $\mathcal{L}_{ce} = -\frac{1}{|\Omega|} \sum_x \log p_{Y(x)}(x)$;
+# * (B2) the **attention-weighted loss** (`L.attention_weighted_loss`): every box pixel is a noisy vote
+#   for the box's class, weighted by the attention of that class,
+#   $$\mathcal{L}_{awl} = -\frac{1}{|\Omega_B|} \sum_{x \in \Omega_B} A_{c_{k(x)}}(x)\, \log p_{c_{k(x)}}(x);$$
+#   with $A \equiv 1$ it is the cross-entropy against the *filled boxes*; with a low $A$ where the box
+#   holds background, the wrong foreground labels are damped. Its gradient with respect to $A$ is
+#   $-\log p \ge 0$: alone, it would drive the attention to 0;
+# * (B3) the **soft filling-rate constraint** (`L.filling_rate_loss`) prevents that:
+#   $$\mathcal{L}_{fill} = \frac{1}{K} \sum_k \Big( \frac{1}{|\Omega_k|} \sum_{x \in \Omega_k} A_{c_k}(x) - \rho_k \Big)^2$$
+#   — the attention must cover the share $\rho_k$ of the box, and the network chooses *which* share;
+# * (B4) **embedding pre-training** on pixel pairs $(i, j)$ within a radius $r$ (`L.embedding_label_loss`),
+#   with $a_{ij} = (1 + e_i^\top e_j)/2$ (`L.pair_affinity`) and PSA's balancing of positive background,
+#   positive foreground and negative pairs from GrabCut's labels:
+#   $\mathcal{L}_{pre} = \tfrac14 \overline{-\log a}^{\,bg^+} + \tfrac14 \overline{-\log a}^{\,fg^+} + \tfrac12 \overline{-\log(1 - a)}^{\,-}$;
+# * (B5) the probability that the segmentation gives $i$ and $j$ one label (`L.same_label_probability`):
+#   $P_{ij} = \sum_c p_c(i)\, p_c(j)$;
+# * (B6) **agreement** of affinities and segmentation (`L.embedding_agreement_loss`):
+#   $\mathcal{L}_{agr} = -\overline{P_{ij} \log a_{ij} + (1 - P_{ij}) \log(1 - a_{ij})}$; its gradient pulls
+#   $a$ towards $P$ (the embeddings learn the segmentation's grouping) *and* $P$ towards $a$ (the
+#   segmentation is asked to give one label to pixels the embeddings group together);
+# * (B7) the total, with each term behind a switch (`stage.LossConfig`):
+#   $\mathcal{L} = \mathcal{L}_{ce} + \lambda_{awl}\mathcal{L}_{awl} + \lambda_{fill}\mathcal{L}_{fill}
+#   + \lambda_{emb}\,[\text{epoch} < E_{pre}]\,\mathcal{L}_{pre} + \lambda_{emb}\,[\text{epoch} \ge E_{pre}]\,\mathcal{L}_{agr}$.
+#   At test time: $\hat Y(x) = \arg\max_c p_c(x)$.
+#
+# Choices the description leaves open, and ours: the attention is a sigmoid per class and only the
+# channel of the pixel's (smallest) box is used; B2 is averaged over box pixels and added to B1 (not
+# replacing it); $\rho_k$ is GrabCut's share of the box's own pixels; B3 is a squared error; the
+# embeddings live on the decoder grid (stride 4; $r = 3$, i.e. ≈ 12 px), are "pre-trained" during the first
+# $E_{pre}$ epochs *of the same run* (so every setting has the same schedule), and B6 passes gradients
+# both ways; $\lambda_{awl} = \lambda_{fill} = 1$, $\lambda_{emb} = 0.1$ (printed in §5). The paper's trunk is
+# UPerNet on ResNet-101 with three separate decoders; ours is a small FPN + pyramid-pooling decoder with
+# three light heads on one shared decoder, for a CPU, started from notebook 01's classifier (§5.1).
+#
+# **Fully supervised with missing objects** (§7.4): the true masks with a share of the objects erased (set
+# to background) but every box kept; B1 uses the incomplete masks, B2–B3 the boxes (with GrabCut's
+# $\rho$), so an erased object's box still votes for its class where the attention points.
 
-**GrabCut** (Rother, Kolmogorov & Blake 2004; `cv2.grabCut`, called by `wsss_core.boxes.grabcut_box`).
-Each pixel $n$ gets an opacity $\alpha_n \in \{0, 1\}$ (background / object). Object and background
-colours are each modelled by a Gaussian mixture with $K = 5$ components $\theta$; $k_n$ is the component
-of pixel $n$. GrabCut minimises the energy
+# %% [markdown]
+# ## 4 From scratch, then the library
+#
+# ### 4.1 Pasting masks: the smallest box wins (Eq. 2)
+#
+# A 6 × 8 example: a large box of class 1 whose mask is the whole box, a small box of class 2 inside it
+# whose mask covers only part of it.
 
-$$E(\alpha, k, \theta, z) = \sum_n -\log\big(\pi_{\alpha_n k_n}\, \mathcal{N}(z_n;\, \mu_{\alpha_n k_n}, \Sigma_{\alpha_n k_n})\big)
-+ \gamma \sum_{(m, n) \in \mathcal{N}} [\alpha_m \neq \alpha_n]\, e^{-\beta \lVert z_m - z_n \rVert^2} \tag{1}$$
-
-— a colour term and a contrast-sensitive smoothness term over neighbouring pixels — by alternating:
-assign components, re-fit the mixtures, solve for $\alpha$ with a min-cut. Initialised from a
-rectangle (`GC_INIT_WITH_RECT`), the outside is *sure background* and the inside *probably object*;
-after 5 iterations the object is $\{\text{GC\_FGD}, \text{GC\_PR\_FGD}\}$. Its failure modes follow
-from Eq. 1: an object coloured like its surroundings costs nothing to drop (**under-estimation**), and
-background inside the box coloured like the object costs nothing to keep (**over-estimation**).
-
-**From boxes to a label map** (`wsss_core.boxes.grabcut_labels`, `paste_masks`; the convention of SDI and
-its public re-implementation): one GrabCut per box $b$ of class $c_b$ gives a mask $G_b$; masks are
-pasted largest box first, so the **smallest box containing a pixel wins**; pixels outside every box are
-background:
-
-$$Y(x) = c_{b^*(x)} \ \text{ with } \ b^*(x) = \arg\min_{b \,:\, x \in G_b} |b|, \qquad Y(x) = 0 \text{ if no } G_b \ni x. \tag{2}$$
-
-Boxes thinner than 3 px (or under 9 px²) are filled; a box covering the whole image is shrunk by 3 px
-per side so that GrabCut has background to model. The **filling rate** of a box (BCM's term, Song et
-al. CVPR 2019; `wsss_core.boxes.filling_rates`) is the share of it that is object,
-$\rho_b = |G_b \cap b| / |b|$.
-
-**Box2Seg — our reconstruction** (`wsss_core.losses_box2seg`; the equation numbers B1–B7 are ours).
-The network (`wsss_core.models.segnet.SegNet`) has a shared backbone + decoder and three heads:
-segmentation probabilities $p_c(x)$ ($c = 0$ background), per-class attention $A_c(x) = \sigma(a_c(x))$,
-and unit embeddings $e(x)$. Let $k(x)$ be the smallest box containing $x$ (`wsss_core.boxes.box_index_map`),
-$\Omega_k$ the pixels whose smallest box is $k$, $\Omega_B = \cup_k \Omega_k$, and $\rho_k$ GrabCut's
-filling rate of box $k$ on $\Omega_k$ (`wsss_core.boxes.region_filling_rates`).
-
-* (B1) the base loss, cross-entropy on GrabCut's labels (`L.cross_entropy`):
-  $\mathcal{L}_{ce} = -\frac{1}{|\Omega|} \sum_x \log p_{Y(x)}(x)$;
-* (B2) the **attention-weighted loss** (`L.attention_weighted_loss`): every box pixel is a noisy vote
-  for the box's class, weighted by the attention of that class,
-  $$\mathcal{L}_{awl} = -\frac{1}{|\Omega_B|} \sum_{x \in \Omega_B} A_{c_{k(x)}}(x)\, \log p_{c_{k(x)}}(x);$$
-  with $A \equiv 1$ it is the cross-entropy against the *filled boxes*; with a low $A$ where the box
-  holds background, the wrong foreground labels are damped. Its gradient with respect to $A$ is
-  $-\log p \ge 0$: alone, it would drive the attention to 0;
-* (B3) the **soft filling-rate constraint** (`L.filling_rate_loss`) prevents that:
-  $$\mathcal{L}_{fill} = \frac{1}{K} \sum_k \Big( \frac{1}{|\Omega_k|} \sum_{x \in \Omega_k} A_{c_k}(x) - \rho_k \Big)^2$$
-  — the attention must cover the share $\rho_k$ of the box, and the network chooses *which* share;
-* (B4) **embedding pre-training** on pixel pairs $(i, j)$ within a radius $r$ (`L.embedding_label_loss`),
-  with $a_{ij} = (1 + e_i^\top e_j)/2$ (`L.pair_affinity`) and PSA's balancing of positive background,
-  positive foreground and negative pairs from GrabCut's labels:
-  $\mathcal{L}_{pre} = \tfrac14 \overline{-\log a}^{\,bg^+} + \tfrac14 \overline{-\log a}^{\,fg^+} + \tfrac12 \overline{-\log(1 - a)}^{\,-}$;
-* (B5) the probability that the segmentation gives $i$ and $j$ one label (`L.same_label_probability`):
-  $P_{ij} = \sum_c p_c(i)\, p_c(j)$;
-* (B6) **agreement** of affinities and segmentation (`L.embedding_agreement_loss`):
-  $\mathcal{L}_{agr} = -\overline{P_{ij} \log a_{ij} + (1 - P_{ij}) \log(1 - a_{ij})}$; its gradient pulls
-  $a$ towards $P$ (the embeddings learn the segmentation's grouping) *and* $P$ towards $a$ (the
-  segmentation is asked to give one label to pixels the embeddings group together);
-* (B7) the total, with each term behind a switch (`stage.LossConfig`):
-  $\mathcal{L} = \mathcal{L}_{ce} + \lambda_{awl}\mathcal{L}_{awl} + \lambda_{fill}\mathcal{L}_{fill}
-  + \lambda_{emb}\,[\text{epoch} < E_{pre}]\,\mathcal{L}_{pre} + \lambda_{emb}\,[\text{epoch} \ge E_{pre}]\,\mathcal{L}_{agr}$.
-  At test time: $\hat Y(x) = \arg\max_c p_c(x)$.
-
-Choices the description leaves open, and ours: the attention is a sigmoid per class and only the
-channel of the pixel's (smallest) box is used; B2 is averaged over box pixels and added to B1 (not
-replacing it); $\rho_k$ is GrabCut's share of the box's own pixels; B3 is a squared error; the
-embeddings live on the decoder grid (stride 4; $r = 3$, i.e. ≈ 12 px), are "pre-trained" during the first
-$E_{pre}$ epochs *of the same run* (so every setting has the same schedule), and B6 passes gradients
-both ways; $\lambda_{awl} = \lambda_{fill} = 1$, $\lambda_{emb} = 0.1$ (printed in §5). The paper's trunk is
-UPerNet on ResNet-101 with three separate decoders; ours is a small FPN + pyramid-pooling decoder with
-three light heads on one shared decoder, for a CPU, started from notebook 01's classifier (§5.1).
-
-**Fully supervised with missing objects** (§7.4): the true masks with a share of the objects erased (set
-to background) but every box kept; B1 uses the incomplete masks, B2–B3 the boxes (with GrabCut's
-$\rho$), so an erased object's box still votes for its class where the attention points.
-""")
-
-# =====================================================================================================
-# 4 From scratch, then the library
-# =====================================================================================================
-md(r"""
-## 4 From scratch, then the library
-
-### 4.1 Pasting masks: the smallest box wins (Eq. 2)
-
-A 6 × 8 example: a large box of class 1 whose mask is the whole box, a small box of class 2 inside it
-whose mask covers only part of it.
-""")
-
-code(r"""
+# %%
 shape = (6, 8)
 ex_boxes = np.array([[0, 0, 7, 6], [3, 1, 7, 5]], np.float32)          # x1, y1, x2, y2 (exclusive)
 ex_labels = np.array([1, 2])
@@ -335,16 +317,14 @@ print("filled boxes:")
 print(boxes.filled_box_labels(ex_boxes, ex_labels, shape))
 print("filling rates:", boxes.filling_rates(np.stack([m_big, m_small]), ex_boxes))
 print("✓ by hand == wsss_core.boxes.paste_masks; the small box's background keeps the big box's object")
-""")
 
-md(r"""
-### 4.2 GrabCut of one box: the OpenCV call
+# %% [markdown]
+# ### 4.2 GrabCut of one box: the OpenCV call
+#
+# `wsss_core.boxes.grabcut_box` is `cv2.grabCut` with the rectangle, 5 iterations, a seeded RNG and the
+# special cases of §3. Written out for one box of a training image:
 
-`wsss_core.boxes.grabcut_box` is `cv2.grabCut` with the rectangle, 5 iterations, a seeded RNG and the
-special cases of §3. Written out for one box of a training image:
-""")
-
-code(r"""
+# %%
 r0 = raws[SHOW[0]]
 x1, y1, x2, y2 = boxes.box_pixels(r0["boxes"][0], r0["mask"].shape)
 gc_mask = np.zeros(r0["mask"].shape, np.uint8)
@@ -358,13 +338,11 @@ print(f"box {x1, y1, x2, y2}: GrabCut keeps {by_hand.sum()} of {(x2 - x1) * (y2 
       f"(filling rate {by_hand[y1:y2, x1:x2].mean():.2f}); outside the box: {by_hand[~(boxes.box_index_map(r0['boxes'][:1], by_hand.shape) >= 0)].sum()} px")
 assert how == "grabcut" and np.array_equal(by_hand, lib)
 print("✓ cv2.grabCut by hand == wsss_core.boxes.grabcut_box")
-""")
 
-md(r"""
-### 4.3 The attention-weighted loss and the filling rate (B2, B3), with loops
-""")
+# %% [markdown]
+# ### 4.3 The attention-weighted loss and the filling rate (B2, B3), with loops
 
-code(r"""
+# %%
 g = torch.Generator().manual_seed(SEED)
 Bq, Cq, Hq, Wq = 2, 3, 4, 5
 logits_q = torch.randn(Bq, Cq + 1, Hq, Wq, generator=g)
@@ -397,13 +375,11 @@ filled = torch.where(box_map_q >= 0, classes_q[box_map_q.clamp_min(0)], torch.fu
 ce_filled = F.cross_entropy(logits_q, filled, ignore_index=255)
 assert torch.allclose(L.attention_weighted_loss(logits_q, torch.ones_like(att_q), box_map_q, classes_q), ce_filled, atol=1e-6)
 print(f"✓ loops == library; with A ≡ 1 the attention-weighted loss is the cross-entropy on filled boxes ({ce_filled:.4f})")
-""")
 
-md(r"""
-### 4.4 Affinities and the agreement loss (B5, B6) for one offset
-""")
+# %% [markdown]
+# ### 4.4 Affinities and the agreement loss (B5, B6) for one offset
 
-code(r"""
+# %%
 emb_q = F.normalize(torch.randn(1, 4, 3, 4, generator=g), dim=1)
 prob_q = torch.softmax(torch.randn(1, 3, 3, 4, generator=g), dim=1)
 dy, dx = 1, 0                                                          # each pixel with the one below it
@@ -428,29 +404,24 @@ assert torch.allclose(ce_all, lib, atol=1e-5)
 print(f"PSA's radius 5 gives {len(L.pair_offsets(5))} offsets; ours, radius {cfg.box2seg.emb_radius:g} on the stride-"
       f"{cfg.seg.decoder_stride} grid, {len(L.pair_offsets(cfg.box2seg.emb_radius))}")
 print("✓ by hand == wsss_core.losses_box2seg.pair_affinity / embedding_agreement_loss")
-""")
 
-# =====================================================================================================
-# 5 Run it
-# =====================================================================================================
-md(r"""
-## 5 Run it
+# %% [markdown]
+# ## 5 Run it
+#
+# ### 5.1 A backbone to start from, and GrabCut over the training split
+#
+# Every paper in this series starts its networks from an ImageNet-pretrained backbone. We have no
+# ImageNet on a CPU, and a small CNN trained from scratch on boxes spends its first epochs learning
+# *which class* a body is (from its badge) rather than *where* it ends. Our stand-in: the backbone of
+# notebook 01's CAM classifier, trained on the **image labels** — which every box annotation implies,
+# so no extra supervision enters. `stage.classifier_backbone` reloads it from `OUT_DIR/01_class_activation_maps`
+# (or trains it there exactly as notebook 01 would). Every setting below starts from these weights.
+#
+# `stage.prepare` then runs `wsss_core.boxes.make_grabcut_labels` over every training image — one
+# process per core, a progress bar, one PNG per image and a manifest with every box's filling rate under
+# `grabcut/train-<fingerprint>/` — or reloads them when the same configuration made them before.
 
-### 5.1 A backbone to start from, and GrabCut over the training split
-
-Every paper in this series starts its networks from an ImageNet-pretrained backbone. We have no
-ImageNet on a CPU, and a small CNN trained from scratch on boxes spends its first epochs learning
-*which class* a body is (from its badge) rather than *where* it ends. Our stand-in: the backbone of
-notebook 01's CAM classifier, trained on the **image labels** — which every box annotation implies,
-so no extra supervision enters. `stage.classifier_backbone` reloads it from `OUT_DIR/01_class_activation_maps`
-(or trains it there exactly as notebook 01 would). Every setting below starts from these weights.
-
-`stage.prepare` then runs `wsss_core.boxes.make_grabcut_labels` over every training image — one
-process per core, a progress bar, one PNG per image and a manifest with every box's filling rate under
-`grabcut/train-<fingerprint>/` — or reloads them when the same configuration made them before.
-""")
-
-code(r"""
+# %%
 backbone = None
 if cfg.seg.backbone_init == "cam_classifier":
     cam_cfg = profiles.cam_config(PROFILE)
@@ -466,19 +437,17 @@ print(f"GrabCut {'(reused) ' if gc_reused else ''}on {len(gc_man['ids'])} traini
       f"{gc_man['workers']} process(es) = {gc_man['images_per_second']:.1f} images/s; boxes: {gc_man['how_counts']}")
 print(f"labels in {rel(sd.gc_dir)}; validation: {len(sd.val)} images; missing-annotation experiment erases "
       f"{sum(len(v) for v in sd.missing.values())} objects in {len(sd.missing)} images")
-""")
 
-md(r"""
-### 5.2 Train every setting
+# %% [markdown]
+# ### 5.2 Train every setting
+#
+# One network, one schedule, one seed; only the target of the cross-entropy and the extra terms change
+# (`stage.setting`). Each run goes through the project's training loop (`wsss_core.engine.train`:
+# progress bar, checkpoint after every epoch) and is reloaded when its checkpoint folder — named by a
+# fingerprint of everything that changes the weights — already holds the finished run. Then the
+# segmentation branch alone is scored on the **validation** split.
 
-One network, one schedule, one seed; only the target of the cross-entropy and the extra terms change
-(`stage.setting`). Each run goes through the project's training loop (`wsss_core.engine.train`:
-progress bar, checkpoint after every epoch) and is reloaded when its checkpoint folder — named by a
-fingerprint of everything that changes the weights — already holds the finished run. Then the
-segmentation branch alone is scored on the **validation** split.
-""")
-
-code(r"""
+# %%
 DESCR = {"box_ce": "filled boxes + CE", "grabcut_ce": "GrabCut + CE", "box2seg": "Box2Seg (all terms)",
          "box2seg_no_fill": "Box2Seg without filling rate", "box2seg_no_emb": "Box2Seg without embeddings",
          "box2seg_no_awl": "Box2Seg without attention (CE + embeddings)", "mask_ce": "true masks + CE",
@@ -496,9 +465,8 @@ for name in RUN:
     how = "reused" if res.reused else "trained"
     print(f"{name}: {how} ({res.train_seconds:.0f} s) → validation mIoU {res.val['miou']:.3f}   [{rel(res.checkpoint_dir)}]")
 train_seconds = sum(r.train_seconds for r in results.values())
-""")
 
-code(r"""
+# %%
 fig = Figure(figsize=(11, 3.2), layout="constrained")
 ax1, ax2, ax3 = fig.subplots(1, 3)
 for j, (name, res) in enumerate(results.items()):
@@ -520,22 +488,18 @@ if "box2seg" in results:
     ax3.legend(fontsize=7)
 fig.savefig(OUT / "training.png")
 display(fig)
-""")
 
-# =====================================================================================================
-# 6 Look at it
-# =====================================================================================================
-md(r"""
-## 6 Look at it
 
-### 6.1 GrabCut's errors
+# %% [markdown]
+# ## 6 Look at it
+#
+# ### 6.1 GrabCut's errors
+#
+# Left to right: the image and its boxes, the true mask, GrabCut, and GrabCut's errors — **red: object
+# pixels missed** (under-estimation), **blue: background taken** (over-estimation), yellow: object given
+# another class.
 
-Left to right: the image and its boxes, the true mask, GrabCut, and GrabCut's errors — **red: object
-pixels missed** (under-estimation), **blue: background taken** (over-estimation), yellow: object given
-another class.
-""")
-
-code(r"""
+# %%
 def error_map(image, pred, gt):
     "Image dimmed, with missed object pixels red, taken background blue, wrong class yellow."
     out = (0.45 * viz.as_image(image)).astype(np.uint8)
@@ -563,18 +527,17 @@ for row in range(len(SHOW)):
     boxes_row(fig, row, 4)
 fig.savefig(OUT / "grabcut_errors.png")
 display(fig)
-""")
 
-md(r"""
-### 6.2 The learned attention inside the boxes
 
-For the same training images, Box2Seg's attention $A_c$ of each box's class over the box's own pixels
-$\Omega_k$ (blue 0 → red 1; outside the boxes: no colour), next to GrabCut's labels and the truth. Where
-GrabCut took background, does the attention stay low; where it missed object, does the attention
-still cover it?
-""")
+# %% [markdown]
+# ### 6.2 The learned attention inside the boxes
+#
+# For the same training images, Box2Seg's attention $A_c$ of each box's class over the box's own pixels
+# $\Omega_k$ (blue 0 → red 1; outside the boxes: no colour), next to GrabCut's labels and the truth. Where
+# GrabCut took background, does the attention stay low; where it missed object, does the attention
+# still cover it?
 
-code(r"""
+# %%
 def box_attention(model, raw):
     "(H, W) attention of each pixel's box class (NaN outside boxes), and the box index map."
     att = stage.predict_maps(model, stage.image_tensor(raw["image"])[None], heads=("att",))["att"][0].numpy()
@@ -610,17 +573,15 @@ if "box2seg" in results:
     display(fig)
 else:
     print("box2seg was not among the settings run: no attention to show")
-""")
 
-md(r"""
-**Does the attention find GrabCut's mistakes?** Over the boxes of training images, the mean attention
-$A_c$ on four kinds of box pixel (`stage.attention_by_grabcut_error`): pixels GrabCut gave the box's class
-rightly (*object kept*) or wrongly (*background taken*: a wrong foreground label), and pixels it called
-background wrongly (*object missed*) or rightly (*background left*). The attention never sees the truth;
-if it is low on taken background and high on missed object, it has learned where GrabCut is wrong.
-""")
+# %% [markdown]
+# **Does the attention find GrabCut's mistakes?** Over the boxes of training images, the mean attention
+# $A_c$ on four kinds of box pixel (`stage.attention_by_grabcut_error`): pixels GrabCut gave the box's class
+# rightly (*object kept*) or wrongly (*background taken*: a wrong foreground label), and pixels it called
+# background wrongly (*object missed*) or rightly (*background left*). The attention never sees the truth;
+# if it is low on taken background and high on missed object, it has learned where GrabCut is wrong.
 
-code(r"""
+# %%
 att_err = {}
 if "box2seg" in results:
     att_err = stage.attention_by_grabcut_error(results["box2seg"].model, train_raw, sd.gc_dir, n=N_ATTENTION_IMAGES)
@@ -635,16 +596,14 @@ if "box2seg" in results:
           f"the object GrabCut missed vs {att_err['background_left']['attention']:.2f} on the background it left")
 else:
     print("box2seg was not among the settings run: no attention to measure")
-""")
 
-md(r"""
-### 6.3 Predictions on validation images
+# %% [markdown]
+# ### 6.3 Predictions on validation images
+#
+# The segmentation branch of every setting on the same validation images (the attention and embedding
+# heads are not used at test time).
 
-The segmentation branch of every setting on the same validation images (the attention and embedding
-heads are not used at test time).
-""")
-
-code(r"""
+# %%
 val_show = sorted(int(i) for i in rng.choice(len(sd.val), size=min(N_SHOW, len(sd.val)), replace=False))
 
 
@@ -668,19 +627,17 @@ fig = prediction_grid(sd.val, val_show, {n: results[n].model for n in cols}, n_c
 viz.class_legend(fig, NAMES, ignore=True)
 fig.savefig(OUT / "predictions.png")
 display(fig)
-""")
 
-md(r"""
-### 6.4 Explore: the embeddings' affinity to one pixel
+# %% [markdown]
+# ### 6.4 Explore: the embeddings' affinity to one pixel
+#
+# Pick a validation image and a pixel (the white cross): the map shows the affinity
+# $a_{ij} = (1 + e_i^\top e_j)/2$ of that pixel's embedding with every other pixel's (on the stride-4
+# decoder grid, upsampled; black 0 → white 1), next to Box2Seg's prediction. Pixels of the same object
+# should light up together, other objects and background should stay dark. In a live Jupyter session the
+# sliders move the pixel; an executed copy shows the default (the centre of the first object).
 
-Pick a validation image and a pixel (the white cross): the map shows the affinity
-$a_{ij} = (1 + e_i^\top e_j)/2$ of that pixel's embedding with every other pixel's (on the stride-4
-decoder grid, upsampled; black 0 → white 1), next to Box2Seg's prediction. Pixels of the same object
-should light up together, other objects and background should stay dark. In a live Jupyter session the
-sliders move the pixel; an executed copy shows the default (the centre of the first object).
-""")
-
-code(r"""
+# %%
 emb_model = next((results[n].model for n in ("box2seg", "box2seg_no_awl", "box2seg_no_fill") if n in results
                   and results[n].model.emb_head is not None), None)
 
@@ -715,22 +672,17 @@ if emb_model is not None:
     widgets.explore(affinity_view, index=(0, len(sd.val) - 1, 1, int(idx0)), y=(0, H0 - 1, 1, y0), x=(0, W0 - 1, 1, x0));
 else:
     print("no setting with embeddings was run")
-""")
 
-# =====================================================================================================
-# 7 Measure it
-# =====================================================================================================
-md(r"""
-## 7 Measure it
+# %% [markdown]
+# ## 7 Measure it
+#
+# ### 7.1 GrabCut against the truth (training split)
+#
+# mIoU of the pseudo-labels themselves (filled boxes vs GrabCut), pixels missed and taken, and the same
+# per object category: camouflaged bodies, non-convex ones, and the rest (`stage.object_rows`: recall =
+# share of an object's pixels given its class; taken = share of its box's background given its class).
 
-### 7.1 GrabCut against the truth (training split)
-
-mIoU of the pseudo-labels themselves (filled boxes vs GrabCut), pixels missed and taken, and the same
-per object category: camouflaged bodies, non-convex ones, and the rest (`stage.object_rows`: recall =
-share of an object's pixels given its class; taken = share of its box's background given its class).
-""")
-
-code(r"""
+# %%
 cm_box, cm_gc = ConfusionMatrix(C + 1), ConfusionMatrix(C + 1)
 gc_stats, box_stats = boxes.GrabCutStats(), boxes.GrabCutStats()
 obj_rows, obj_rows_box = [], []
@@ -790,16 +742,14 @@ if obj_rows:
     display(fig)
 print(f"filled boxes mIoU {box_miou:.3f} → GrabCut {grabcut_miou:.3f}; GrabCut misses {gs['miss_rate']:.1%} of the object pixels "
       f"and takes {gs['take_rate']:.1%} of the background inside boxes (filled boxes: {bs['take_rate']:.0%} by definition)")
-""")
 
-md(r"""
-### 7.2 The segmentation networks on the validation split
+# %% [markdown]
+# ### 7.2 The segmentation networks on the validation split
+#
+# "train s" is the wall-clock time of each training when it was made; on a shared machine it depends on
+# the load at that moment, so compare it across runs with care.
 
-"train s" is the wall-clock time of each training when it was made; on a shared machine it depends on
-the load at that moment, so compare it across runs with care.
-""")
-
-code(r"""
+# %%
 ORDER = [n for n in ("box_ce", "grabcut_ce", "box2seg_no_awl", "box2seg_no_emb", "box2seg_no_fill", "box2seg",
                      "box2seg_class_rho", "mask_ce",
                      "full_ce", "full_awl") if n in results]
@@ -822,20 +772,18 @@ if vals:
     ax.text(grabcut_miou, -0.45, " mIoU of the GrabCut\n labels (train)", fontsize=7, va="top")
     ax.figure.savefig(OUT / "settings.png")
     display(ax.figure)
-""")
 
-md(r"""
-### 7.3 Which term does what (ablation)
+# %% [markdown]
+# ### 7.3 Which term does what (ablation)
+#
+# Each row removes one term from the full method; the last column is what the full method gains by
+# having it. A term that does not help on our data is reported as such (§8 and §10 discuss why). The
+# last row is not an ablation but our one change to the method (§8 motivates it): B3's target $\rho_k$
+# becomes the mean GrabCut filling rate of the box's *class* over the training split (BCM's per-class
+# filling rate, `LossConfig(rho="class_mean")`), so a box where GrabCut collapsed no longer tells the
+# attention to cover a sliver; its last column is its gain over the full method as described.
 
-Each row removes one term from the full method; the last column is what the full method gains by
-having it. A term that does not help on our data is reported as such (§8 and §10 discuss why). The
-last row is not an ablation but our one change to the method (§8 motivates it): B3's target $\rho_k$
-becomes the mean GrabCut filling rate of the box's *class* over the training split (BCM's per-class
-filling rate, `LossConfig(rho="class_mean")`), so a box where GrabCut collapsed no longer tells the
-attention to cover a sliver; its last column is its gain over the full method as described.
-""")
-
-code(r"""
+# %%
 ablation = {}
 if "box2seg" in results:
     full = results["box2seg"].val["miou"]
@@ -853,17 +801,15 @@ if "box2seg" in results:
     display(Markdown("\n".join(lines)))
 else:
     print("box2seg was not among the settings run")
-""")
 
-md(r"""
-**Does the answer depend on where the network starts?** Every setting above starts from notebook 01's
-classifier backbone (§5.1). The same two settings — GrabCut + CE and Box2Seg — trained from a *random*
-backbone with the same schedule and seed (`COMPARE_INIT`; `seg.backbone_init = None`, new checkpoint
-folders) tell whether Box2Seg's extra terms matter more when the network has not yet learned what the
-classes look like.
-""")
+# %% [markdown]
+# **Does the answer depend on where the network starts?** Every setting above starts from notebook 01's
+# classifier backbone (§5.1). The same two settings — GrabCut + CE and Box2Seg — trained from a *random*
+# backbone with the same schedule and seed (`COMPARE_INIT`; `seg.backbone_init = None`, new checkpoint
+# folders) tell whether Box2Seg's extra terms matter more when the network has not yet learned what the
+# classes look like.
 
-code(r"""
+# %%
 init_rows = {}
 if COMPARE_INIT and cfg.seg.backbone_init is not None and {"grabcut_ce", "box2seg"} <= set(results):
     cfg_rand = cfg.replace(seg=cfg.seg.replace(backbone_init=None))
@@ -885,16 +831,14 @@ elif not COMPARE_INIT:
     print("COMPARE_INIT = False: skipped")
 else:
     print("needs grabcut_ce and box2seg, and a backbone initialisation to compare with")
-""")
 
-md(r"""
-**Is one seed enough?** The gaps between the GrabCut + CE and Box2Seg rows above are a few hundredths of
-mIoU. The same settings retrained with the next seed (`SEED_CHECK`; new initialisation of the decoder
-and heads, new batch order and augmentation) show how much of a gap the seed alone makes; only a
-difference that survives both seeds is worth a sentence.
-""")
+# %% [markdown]
+# **Is one seed enough?** The gaps between the GrabCut + CE and Box2Seg rows above are a few hundredths of
+# mIoU. The same settings retrained with the next seed (`SEED_CHECK`; new initialisation of the decoder
+# and heads, new batch order and augmentation) show how much of a gap the seed alone makes; only a
+# difference that survives both seeds is worth a sentence.
 
-code(r"""
+# %%
 seed_rows = {}
 if SEED_CHECK and {"grabcut_ce", "box2seg"} <= set(results):
     cfg_s = cfg.replace(seg=cfg.seg.replace(train=cfg.seg.train.replace(seed=SEED + 1)))
@@ -912,18 +856,16 @@ elif not SEED_CHECK:
     print("SEED_CHECK = False: skipped")
 else:
     print("needs grabcut_ce and box2seg")
-""")
 
-md(r"""
-**Is the schedule long enough?** Every setting above trains for the same few epochs, chosen so that the
-notebook runs in minutes. Learning from noisy labels has two phases: a network first fits what the
-labels agree on, and only later memorises their mistakes; a short schedule compares the methods in the
-first phase only. GrabCut + CE and the two Box2Seg variants trained for `LONG_SCHEDULE` times the epochs
-(the one-cycle schedule stretched to the new length; with `SEED_CHECK` both seeds) show whether the
-comparison changes when the networks are trained to the end.
-""")
+# %% [markdown]
+# **Is the schedule long enough?** Every setting above trains for the same few epochs, chosen so that the
+# notebook runs in minutes. Learning from noisy labels has two phases: a network first fits what the
+# labels agree on, and only later memorises their mistakes; a short schedule compares the methods in the
+# first phase only. GrabCut + CE and the two Box2Seg variants trained for `LONG_SCHEDULE` times the epochs
+# (the one-cycle schedule stretched to the new length; with `SEED_CHECK` both seeds) show whether the
+# comparison changes when the networks are trained to the end.
 
-code(r"""
+# %%
 long_rows, long_seed_rows = {}, {}
 LONG_SETTINGS = [n for n in ("grabcut_ce", "box2seg", "box2seg_class_rho") if n in results]
 if LONG_SCHEDULE and LONG_SCHEDULE > 1 and {"grabcut_ce", "box2seg"} <= set(results):
@@ -972,19 +914,17 @@ elif not LONG_SCHEDULE or LONG_SCHEDULE <= 1:
     print("LONG_SCHEDULE off: skipped")
 else:
     print("needs grabcut_ce and box2seg")
-""")
 
-md(r"""
-### 7.4 Fully supervised, with missing objects
+# %% [markdown]
+# ### 7.4 Fully supervised, with missing objects
+#
+# The true masks of the training split with a share of the objects erased (set to background, outline
+# included — `stage.remove_objects`), every box kept. Cross-entropy alone learns "these objects are
+# background"; the attention-weighted loss lets the boxes of the erased objects still vote for their
+# class. The erased objects' own pixels in the training images are counted as well: how much of them does
+# each network label correctly?
 
-The true masks of the training split with a share of the objects erased (set to background, outline
-included — `stage.remove_objects`), every box kept. Cross-entropy alone learns "these objects are
-background"; the attention-weighted loss lets the boxes of the erased objects still vote for their
-class. The erased objects' own pixels in the training images are counted as well: how much of them does
-each network label correctly?
-""")
-
-code(r"""
+# %%
 missing_rows = {}
 if "full_ce" in results and "full_awl" in results:
     n_obj = sum(len(train_raw.get_raw(i)["boxes"]) for i in range(len(train_raw)))
@@ -1011,22 +951,20 @@ if "full_ce" in results and "full_awl" in results:
     display(Markdown("\n".join(lines)))
 else:
     print("full_ce / full_awl were not among the settings run")
-""")
 
-md(r"""
-### 7.5 Real photos
+# %% [markdown]
+# ### 7.5 Real photos
+#
+# Where `../shared/data` holds the two small real datasets (see its README): **GrabCut benchmark** — our
+# GrabCut (the same code and settings as above) from the tight boxes of its 50 photos, scored with the
+# benchmark's usual *error rate* (misclassified pixels over all scored pixels, per image, averaged; the
+# unknown band of the masks is not scored) and foreground IoU; **Weizmann horses** — the box-supervised
+# network trained on `train.txt` (GrabCut on its photos, crops of a fixed size with the joint
+# augmentation) and scored on `val.txt` at full size, one photo at a time: filled boxes + CE vs GrabCut +
+# CE vs Box2Seg (and our per-class filling rate, which on a one-class data set is the mean $\rho$ of all
+# horse boxes). Absent data are skipped with a message.
 
-Where `../shared/data` holds the two small real datasets (see its README): **GrabCut benchmark** — our
-GrabCut (the same code and settings as above) from the tight boxes of its 50 photos, scored with the
-benchmark's usual *error rate* (misclassified pixels over all scored pixels, per image, averaged; the
-unknown band of the masks is not scored) and foreground IoU; **Weizmann horses** — the box-supervised
-network trained on `train.txt` (GrabCut on its photos, crops of a fixed size with the joint
-augmentation) and scored on `val.txt` at full size, one photo at a time: filled boxes + CE vs GrabCut +
-CE vs Box2Seg (and our per-class filling rate, which on a one-class data set is the mean $\rho$ of all
-horse boxes). Absent data are skipped with a message.
-""")
-
-code(r"""
+# %%
 real, bench_gc_errors = {}, {}
 shared = profiles.shared_data_dir()
 if not REAL_DATA:
@@ -1053,9 +991,8 @@ else:
     print(f"GrabCut benchmark ({len(gc_bench)} photos): mean error rate {real['grabcut_benchmark_error']:.2%}, mean foreground IoU "
           f"{real['grabcut_benchmark_fg_iou']:.3f} (pooled {cm_b.iou()[1]:.3f}); {man['images_per_second']:.2f} photos/s with "
           f"{man['workers']} process(es). Plain OpenCV GrabCut from tight boxes, 5 iterations: ≈ 4.3 % / 0.86 (DESIGN.md)")
-""")
 
-code(r"""
+# %%
 horse, horse_gc_errors, horse_att_err = {}, {}, {}
 if REAL_DATA and shared is not None and (shared / "weizmann_horse_voc").is_dir():
     hdata = profiles.DataSpec("voc", shared / "weizmann_horse_voc", "train", "val")
@@ -1094,16 +1031,15 @@ if REAL_DATA and shared is not None and (shared / "weizmann_horse_voc").is_dir()
     display(fig)
 elif REAL_DATA:
     print("skipped: the Weizmann horses were not found (looked for $WSSS_SHARED_DATA, then <repo>/../shared/data)")
-""")
 
-md(r"""
-**Which way does GrabCut err — on our scenes and on photos?** Box2Seg's attention is built to damp
-*wrong foreground* labels (background GrabCut took inside a box). The same counts on the three data sets
-(`boxes.GrabCutStats`): object pixels GrabCut missed and box background it took, both as a share of the
-object pixels, and how much background a box holds per object pixel.
-""")
 
-code(r"""
+# %% [markdown]
+# **Which way does GrabCut err — on our scenes and on photos?** Box2Seg's attention is built to damp
+# *wrong foreground* labels (background GrabCut took inside a box). The same counts on the three data sets
+# (`boxes.GrabCutStats`): object pixels GrabCut missed and box background it took, both as a share of the
+# object pixels, and how much background a box holds per object pixel.
+
+# %%
 def error_profile_table(rows):
     "GrabCut's error profile per data set, as a Markdown table; rows: (name, boxes.GrabCutStats().summary())."
     lines = ["| GrabCut from tight boxes | object pixels missed | box background taken (per object pixel) | box background per object pixel | taken ÷ missed |",
@@ -1122,20 +1058,18 @@ if horse_gc_errors:
 display(error_profile_table(profile_rows))
 if len(profile_rows) == 1:
     print("the photos were not found: only the toy scenes' profile")
-""")
 
-md(r"""
-### 7.6 Photo-like boxes: does Box2Seg win when GrabCut errs as on photos?
+# %% [markdown]
+# ### 7.6 Photo-like boxes: does Box2Seg win when GrabCut errs as on photos?
+#
+# The table above says our scenes and the photos differ in *which way* GrabCut errs. So we changed the
+# scenes, not the method: the same generator with `ToySceneConfig(p_legged=0.8, p_shadow=0.8)` draws most
+# bodies as a torso on thin legs (sometimes with a neck and head) — background between the legs, as
+# between a horse's — and gives most bodies a dark, body-tinted shadow at their foot. Same classes,
+# badges, context bands and sizes (`cfg.photo_like`; a tree of its own next to the profile's). GrabCut and
+# the networks (same backbone from §5.1, same schedule and seed) run on it exactly as above.
 
-The table above says our scenes and the photos differ in *which way* GrabCut errs. So we changed the
-scenes, not the method: the same generator with `ToySceneConfig(p_legged=0.8, p_shadow=0.8)` draws most
-bodies as a torso on thin legs (sometimes with a neck and head) — background between the legs, as
-between a horse's — and gives most bodies a dark, body-tinted shadow at their foot. Same classes,
-badges, context bands and sizes (`cfg.photo_like`; a tree of its own next to the profile's). GrabCut and
-the networks (same backbone from §5.1, same schedule and seed) run on it exactly as above.
-""")
-
-code(r"""
+# %%
 photo, photo_res, photo_gs = {}, {}, {}
 if not PHOTO_LIKE or not TOY or not cfg.photo_like:
     print("skipped: PHOTO_LIKE = False" if not PHOTO_LIKE else "skipped: photo-like boxes are a toy-scenes variant")
@@ -1169,16 +1103,15 @@ else:
                           {n: r_.model for n, r_ in photo_res.items()}, size=1.9)
     fig.savefig(OUT / "photo_like.png")
     display(fig)
-""")
 
-md(r"""
-How to read this. The first table says whether the change of scenes did what it was for: GrabCut now
-takes box background several times more often, as on the photos, while still missing the camouflaged
-bodies. If Box2Seg's attention-weighted loss pays off where GrabCut's foreground labels are wrong, the
-second table is where it should show. §8 discusses the outcome.
-""")
 
-code(r"""
+# %% [markdown]
+# How to read this. The first table says whether the change of scenes did what it was for: GrabCut now
+# takes box background several times more often, as on the photos, while still missing the camouflaged
+# bodies. If Box2Seg's attention-weighted loss pays off where GrabCut's foreground labels are wrong, the
+# second table is where it should show. §8 discusses the outcome.
+
+# %%
 def g(d, k):
     v = d.get(k, math.nan) if d else math.nan
     return math.nan if v is None else v
@@ -1230,25 +1163,20 @@ metrics.update({f"photo_like_{k}": v for k, v in photo.items()})
 write_metrics(OUT / "metrics.json", metrics)
 print(f"written {rel(OUT / 'metrics.json')}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                                                              if isinstance(v, float) and k.endswith(("miou", "fg_iou", "error"))))
-""")
 
-# =====================================================================================================
-# 8 What goes wrong
-# =====================================================================================================
-md(r"""
-## 8 What goes wrong
+# %% [markdown]
+# ## 8 What goes wrong
+#
+# ### The filling rate inherits GrabCut's mistakes
+#
+# The attention's only anchor is $\rho_k$, and $\rho_k$ comes from GrabCut. Where GrabCut collapses — on
+# camouflaged bodies it keeps a sliver of the box — the filling-rate constraint *asks* the attention to
+# cover only that sliver, and the cross-entropy on GrabCut's labels calls the rest background. Box2Seg
+# cannot recover what both of its signals deny. Below: over the training boxes, the mean attention of
+# each box against GrabCut's $\rho$ and against the true filling rate, per category; and how much of
+# the camouflaged objects of the **validation** images each network recovers.
 
-### The filling rate inherits GrabCut's mistakes
-
-The attention's only anchor is $\rho_k$, and $\rho_k$ comes from GrabCut. Where GrabCut collapses — on
-camouflaged bodies it keeps a sliver of the box — the filling-rate constraint *asks* the attention to
-cover only that sliver, and the cross-entropy on GrabCut's labels calls the rest background. Box2Seg
-cannot recover what both of its signals deny. Below: over the training boxes, the mean attention of
-each box against GrabCut's $\rho$ and against the true filling rate, per category; and how much of
-the camouflaged objects of the **validation** images each network recovers.
-""")
-
-code(r"""
+# %%
 wrong = {}
 if "box2seg" in results and obj_rows:
     b2s = results["box2seg"].model
@@ -1308,206 +1236,191 @@ if "box2seg" in results and obj_rows:
     write_metrics(OUT / "metrics.json", metrics)
 else:
     print("needs the box2seg setting and the toy scenes' object flags")
-""")
 
-md(r"""
-How to read this. If the left cloud hugs the diagonal and the right one does not, the attention has
-learned to reproduce GrabCut's filling rate, errors included: on camouflaged boxes GrabCut's $\rho$ is far
-below the truth and so is the attention. The validation table says whether the network nonetheless
-generalises to camouflaged objects — it sees many plain bodies carrying badges, and a camouflaged body
-is a body with a badge too — and whether Box2Seg's box votes help there more than GrabCut + CE. A remedy
-the description leaves room for: a filling rate that does not trust a collapsed GrabCut — BCM's
-per-class mean filling rate (the setting `box2seg_class_rho` of §7.2–7.3, and its column in the table
-above), or GrabCut with a fallback to the box when it keeps less than 20 % of it
-(`GrabCutConfig(min_fill=0.2)`, Exercise 4).
-""")
 
-md(r"""
-### The attention knows where GrabCut is wrong, but the loss does not listen
+# %% [markdown]
+# How to read this. If the left cloud hugs the diagonal and the right one does not, the attention has
+# learned to reproduce GrabCut's filling rate, errors included: on camouflaged boxes GrabCut's $\rho$ is far
+# below the truth and so is the attention. The validation table says whether the network nonetheless
+# generalises to camouflaged objects — it sees many plain bodies carrying badges, and a camouflaged body
+# is a body with a badge too — and whether Box2Seg's box votes help there more than GrabCut + CE. A remedy
+# the description leaves room for: a filling rate that does not trust a collapsed GrabCut — BCM's
+# per-class mean filling rate (the setting `box2seg_class_rho` of §7.2–7.3, and its column in the table
+# above), or GrabCut with a fallback to the box when it keeps less than 20 % of it
+# (`GrabCutConfig(min_fill=0.2)`, Exercise 4).
 
-§6.2 measured the attention on GrabCut's four kinds of box pixel: it is low on the background GrabCut
-took and fairly high on the object GrabCut missed — it has found GrabCut's mistakes without seeing the
-truth. Yet the loss as described cannot act on it: (B1) still pulls every pixel to GrabCut's label with
-weight one, and (B2) only *adds* box votes weighted by $A$. A wrongly taken pixel gets $1 + A$ votes for
-the object instead of $1$; a missed one gets $A$ votes for the object against $1$ for background. So
-Box2Seg cannot fix GrabCut's errors on the pixels it trains on, and its extra votes blur the edges
-(precision falls, §7.2). Two facts make it worse on our scenes:
+# %% [markdown]
+# ### The attention knows where GrabCut is wrong, but the loss does not listen
+#
+# §6.2 measured the attention on GrabCut's four kinds of box pixel: it is low on the background GrabCut
+# took and fairly high on the object GrabCut missed — it has found GrabCut's mistakes without seeing the
+# truth. Yet the loss as described cannot act on it: (B1) still pulls every pixel to GrabCut's label with
+# weight one, and (B2) only *adds* box votes weighted by $A$. A wrongly taken pixel gets $1 + A$ votes for
+# the object instead of $1$; a missed one gets $A$ votes for the object against $1$ for background. So
+# Box2Seg cannot fix GrabCut's errors on the pixels it trains on, and its extra votes blur the edges
+# (precision falls, §7.2). Two facts make it worse on our scenes:
+#
+# * **GrabCut errs the other way here.** The table at the end of §7.5 counts it: on the toy scenes GrabCut
+#   *misses* more object than it *takes* background, while on both sets of photos it takes 2–5× more
+#   background than it misses — the error Box2Seg's attention is meant to damp. Our bodies also fill
+#   their boxes (≈ 0.35 background pixels per object pixel in a box, 1–1.6 on the photos), so there is
+#   little background in a box to take.
+# * **Letting the attention weight (B1) too is unstable.** The obvious repair is to gate GrabCut's own
+#   labels inside boxes by the attention — (B1′), `LossConfig(gate=...)`. During development we trained it
+#   with the tutorial preset (seeds 0 and 1, validation mIoU; GrabCut + CE 0.819 / 0.808, Box2Seg 0.803 /
+#   0.806 in the same runs). It lost every way we tried:
+#
+# | (B1′) variant, `LossConfig(...)` | seed 0 | seed 1 | what happened |
+# |---|---:|---:|---|
+# | `gate="background"` (GrabCut's in-box background × $(1 - A)$) | 0.788 | – | the attention spreads: precision 0.92 → 0.84 |
+# | the same with `rho="class_mean"` | 0.796 | 0.798 | the same |
+# | `gate="object"` (GrabCut's object labels × $A$) | 0.495 | 0.345 | recall collapses: lower $A$ → weaker object labels → lower $p_c$ → lower $A$ |
+# | `gate="object", gate_detach=True` | 0.605 | 0.479 | the same loop, through the segmentation alone |
+# | `gate="both"` | 0.506 | 0.380 | the same |
+# | `gate="both", gate_detach=True` | 0.529 | 0.500 | the same |
+# | `gate="both"` or `"object"`, `gate_detach=True, gate_start_epoch=4` | 0.741 / 0.727 | – | a warm-up slows the collapse, does not stop it |
+# | `gate="both", gate_detach=True, gate_renorm=True` (each box keeps a mean weight of one) | 0.692 | 0.664 | the same |
+# | no gate, `fill_weight=10` (the attention held hard to $\rho$) | 0.678 | – | precision 0.69: the attention covers $\rho$ of every box, edges included |
+#
+# These rows are not rerun by this notebook (about 4 minutes of training each); each is one
+# `stage.run_setting("box2seg", cfg.replace(box2seg=dataclasses.replace(cfg.box2seg, gate=...)), sd, OUT)` away.
+# What the paper does to keep its attention from collapsing we could not check (no code, no paper body).
 
-* **GrabCut errs the other way here.** The table at the end of §7.5 counts it: on the toy scenes GrabCut
-  *misses* more object than it *takes* background, while on both sets of photos it takes 2–5× more
-  background than it misses — the error Box2Seg's attention is meant to damp. Our bodies also fill
-  their boxes (≈ 0.35 background pixels per object pixel in a box, 1–1.6 on the photos), so there is
-  little background in a box to take.
-* **Letting the attention weight (B1) too is unstable.** The obvious repair is to gate GrabCut's own
-  labels inside boxes by the attention — (B1′), `LossConfig(gate=...)`. During development we trained it
-  with the tutorial preset (seeds 0 and 1, validation mIoU; GrabCut + CE 0.819 / 0.808, Box2Seg 0.803 /
-  0.806 in the same runs). It lost every way we tried:
+# %% [markdown]
+# ### What changes the verdict: train to the end, and do not trust a collapsed GrabCut
+#
+# Two explanations were left after the above, and each has a test:
+#
+# * *"Our scenes hand Box2Seg the wrong kind of noise."* §7.6 redraws them so that GrabCut takes box
+#   background about as often as on the photos. Box2Seg as described still trails GrabCut + CE there, with
+#   the same signature: more recall, less precision. The kind of noise is not the reason.
+# * *"The short schedule compares the methods before they have learned what the labels can teach."*
+#   §7.3's longer schedule: both networks gain about 0.05 mIoU (the 8-epoch preset is far from converged).
+#   Box2Seg as described only draws level with GrabCut + CE — but **Box2Seg with the per-class filling
+#   rate now beats it on both seeds**, by about 0.02 mIoU, mostly through recall (the camouflaged bodies
+#   whose GrabCut $\rho$ collapsed get box votes for the class's usual share of the box).
+#
+# Development runs with the same stage code (`stage.run_setting`, tutorial preset, validation mIoU; seed
+# 0 / seed 1). The notebook reruns the rows marked ✓ from its own checkpoints (§7.2, §7.3, §7.6):
+#
+# | run | GrabCut + CE | Box2Seg | Box2Seg, per-class ρ (ours) |
+# |---|---:|---:|---:|
+# | 8 epochs (the preset) ✓ | 0.819 / 0.808 | 0.803 / 0.806 | 0.813 / 0.817 |
+# | 24 epochs (`LONG_SCHEDULE = 3`) ✓ | 0.869 / 0.868 | 0.871 / 0.864 | **0.891 / 0.885** |
+# | 48 epochs | 0.877 / – | 0.874 / – | – |
+# | 8 epochs, losses at full resolution (`SegConfig(loss_stride=1)`) | 0.813 / – | 0.809 / – | – |
+# | photo-like scenes, 8 epochs ✓ (seed 0) | 0.732 | 0.714 | – |
+# | photo-like scenes, 24 epochs | 0.760 / – | 0.753 / – | **0.785** / – |
+# | photo-like scenes, 8 epochs, backbone of a classifier trained on them | 0.727 / 0.723 | 0.718 / 0.711 | – |
+# | Weizmann horses (30 epochs, val horse IoU) | 0.657 / 0.648 | 0.640 / 0.636 | 0.634 / – |
+#
+# Reading it: in our reconstruction the attention-weighted box votes buy recall with precision about one
+# for one (at 48 epochs fg precision / recall 0.960 / 0.893 for GrabCut + CE, 0.948 / 0.901 for Box2Seg),
+# *unless* the attention is held to a filling rate that does not inherit GrabCut's collapses; then, trained
+# long enough, the recall gain is larger than the precision loss (24 epochs, seed 0: precision 0.956 → 0.947,
+# recall 0.886 → 0.922). On the horses — one class, so the per-class $\rho$ is just the mean over all
+# boxes, and GrabCut's dominant error there is *taking* background, which a per-class $\rho$ does not
+# address — it does not help (§7.5). The (B1′) gates above remain unstable.
 
-| (B1′) variant, `LossConfig(...)` | seed 0 | seed 1 | what happened |
-|---|---:|---:|---|
-| `gate="background"` (GrabCut's in-box background × $(1 - A)$) | 0.788 | – | the attention spreads: precision 0.92 → 0.84 |
-| the same with `rho="class_mean"` | 0.796 | 0.798 | the same |
-| `gate="object"` (GrabCut's object labels × $A$) | 0.495 | 0.345 | recall collapses: lower $A$ → weaker object labels → lower $p_c$ → lower $A$ |
-| `gate="object", gate_detach=True` | 0.605 | 0.479 | the same loop, through the segmentation alone |
-| `gate="both"` | 0.506 | 0.380 | the same |
-| `gate="both", gate_detach=True` | 0.529 | 0.500 | the same |
-| `gate="both"` or `"object"`, `gate_detach=True, gate_start_epoch=4` | 0.741 / 0.727 | – | a warm-up slows the collapse, does not stop it |
-| `gate="both", gate_detach=True, gate_renorm=True` (each box keeps a mean weight of one) | 0.692 | 0.664 | the same |
-| no gate, `fill_weight=10` (the attention held hard to $\rho$) | 0.678 | – | precision 0.69: the attention covers $\rho$ of every box, edges included |
+# %% [markdown]
+# ## 9 Exercises
+#
+# **Exercise 1 — assemble a label map (Eq. 2).** Write `paste_box_masks(masks, boxes, labels, shape)`:
+# `masks` is a list of `(H, W)` bool arrays (one per box), `boxes` a `(K, 4)` array of
+# `x1, y1, x2, y2` (exclusive), `labels` the `K` classes; return the `(H, W)` uint8 label map in which the
+# smallest box wins where masks overlap (equal areas: the later box), 0 elsewhere.
 
-These rows are not rerun by this notebook (about 4 minutes of training each); each is one
-`stage.run_setting("box2seg", cfg.replace(box2seg=dataclasses.replace(cfg.box2seg, gate=...)), sd, OUT)` away.
-What the paper does to keep its attention from collapsing we could not check (no code, no paper body).
-""")
-
-md(r"""
-### What changes the verdict: train to the end, and do not trust a collapsed GrabCut
-
-Two explanations were left after the above, and each has a test:
-
-* *"Our scenes hand Box2Seg the wrong kind of noise."* §7.6 redraws them so that GrabCut takes box
-  background about as often as on the photos. Box2Seg as described still trails GrabCut + CE there, with
-  the same signature: more recall, less precision. The kind of noise is not the reason.
-* *"The short schedule compares the methods before they have learned what the labels can teach."*
-  §7.3's longer schedule: both networks gain about 0.05 mIoU (the 8-epoch preset is far from converged).
-  Box2Seg as described only draws level with GrabCut + CE — but **Box2Seg with the per-class filling
-  rate now beats it on both seeds**, by about 0.02 mIoU, mostly through recall (the camouflaged bodies
-  whose GrabCut $\rho$ collapsed get box votes for the class's usual share of the box).
-
-Development runs with the same stage code (`stage.run_setting`, tutorial preset, validation mIoU; seed
-0 / seed 1). The notebook reruns the rows marked ✓ from its own checkpoints (§7.2, §7.3, §7.6):
-
-| run | GrabCut + CE | Box2Seg | Box2Seg, per-class ρ (ours) |
-|---|---:|---:|---:|
-| 8 epochs (the preset) ✓ | 0.819 / 0.808 | 0.803 / 0.806 | 0.813 / 0.817 |
-| 24 epochs (`LONG_SCHEDULE = 3`) ✓ | 0.869 / 0.868 | 0.871 / 0.864 | **0.891 / 0.885** |
-| 48 epochs | 0.877 / – | 0.874 / – | – |
-| 8 epochs, losses at full resolution (`SegConfig(loss_stride=1)`) | 0.813 / – | 0.809 / – | – |
-| photo-like scenes, 8 epochs ✓ (seed 0) | 0.732 | 0.714 | – |
-| photo-like scenes, 24 epochs | 0.760 / – | 0.753 / – | **0.785** / – |
-| photo-like scenes, 8 epochs, backbone of a classifier trained on them | 0.727 / 0.723 | 0.718 / 0.711 | – |
-| Weizmann horses (30 epochs, val horse IoU) | 0.657 / 0.648 | 0.640 / 0.636 | 0.634 / – |
-
-Reading it: in our reconstruction the attention-weighted box votes buy recall with precision about one
-for one (at 48 epochs fg precision / recall 0.960 / 0.893 for GrabCut + CE, 0.948 / 0.901 for Box2Seg),
-*unless* the attention is held to a filling rate that does not inherit GrabCut's collapses; then, trained
-long enough, the recall gain is larger than the precision loss (24 epochs, seed 0: precision 0.956 → 0.947,
-recall 0.886 → 0.922). On the horses — one class, so the per-class $\rho$ is just the mean over all
-boxes, and GrabCut's dominant error there is *taking* background, which a per-class $\rho$ does not
-address — it does not help (§7.5). The (B1′) gates above remain unstable.
-""")
-
-# =====================================================================================================
-# 9 Exercises
-# =====================================================================================================
-md(r"""
-## 9 Exercises
-
-**Exercise 1 — assemble a label map (Eq. 2).** Write `paste_box_masks(masks, boxes, labels, shape)`:
-`masks` is a list of `(H, W)` bool arrays (one per box), `boxes` a `(K, 4)` array of
-`x1, y1, x2, y2` (exclusive), `labels` the `K` classes; return the `(H, W)` uint8 label map in which the
-smallest box wins where masks overlap (equal areas: the later box), 0 elsewhere.
-""")
-
-code(r"""
+# %%
 def paste_box_masks(masks, boxes, labels, shape):
     "masks: K arrays (H, W) bool; boxes (K, 4) x1, y1, x2, y2; labels (K,) → (H, W) uint8, smaller boxes win."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_1 = exercises.check("paste_box_masks", paste_box_masks, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 2 — the attention-weighted loss (B2).** Write `attention_weighted_loss(logits, attention,
-box_map, box_classes)`: `logits` `(B, C + 1, H, W)`, `attention` `(B, C, H, W)` in $[0, 1]$ (channel
-$c - 1$ is class $c$), `box_map` `(B, H, W)` box indices (−1 outside), `box_classes` `(N,)`. Return the
-mean over box pixels of $-A_c(x) \log p_c(x)$, $c$ the class of the pixel's box. Loops are fine; a
-vectorised version uses `torch.gather`.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 2 — the attention-weighted loss (B2).** Write `attention_weighted_loss(logits, attention,
+# box_map, box_classes)`: `logits` `(B, C + 1, H, W)`, `attention` `(B, C, H, W)` in $[0, 1]$ (channel
+# $c - 1$ is class $c$), `box_map` `(B, H, W)` box indices (−1 outside), `box_classes` `(N,)`. Return the
+# mean over box pixels of $-A_c(x) \log p_c(x)$, $c$ the class of the pixel's box. Loops are fine; a
+# vectorised version uses `torch.gather`.
+
+# %%
 def attention_weighted_loss(logits, attention, box_map, box_classes):
     "−mean over box pixels of A_c(x) · log softmax(logits)_c(x), c = box_classes[box_map[x]]."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_2 = exercises.check("attention_weighted_loss", attention_weighted_loss, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 3 — the filling-rate penalty (B3).** Write `filling_rate_loss(attention, box_map,
-box_classes, rho)`: for each box $k$ that has pixels, the mean of $A_{c_k}$ over its pixels minus
-$\rho_k$, squared; return the mean over those boxes.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 3 — the filling-rate penalty (B3).** Write `filling_rate_loss(attention, box_map,
+# box_classes, rho)`: for each box $k$ that has pixels, the mean of $A_{c_k}$ over its pixels minus
+# $\rho_k$, squared; return the mean over those boxes.
+
+# %%
 def filling_rate_loss(attention, box_map, box_classes, rho):
     "mean over boxes with pixels of (mean of A_{c_k} over box k − rho_k)²."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_3 = exercises.check("filling_rate_loss", filling_rate_loss, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 4 — open: a filling rate that does not trust a collapsed GrabCut.** §8 shows the attention
-copying GrabCut's $\rho$, errors included. Try one of:
+# %% [markdown]
+# **Exercise 4 — open: a filling rate that does not trust a collapsed GrabCut.** §8 shows the attention
+# copying GrabCut's $\rho$, errors included. Try one of:
+#
+# * GrabCut with a fallback to the filled box when it keeps less than 20 % of a box:
+#   `cfg2 = cfg.replace(grabcut=dataclasses.replace(cfg.grabcut, min_fill=0.2))`, then
+#   `sd2 = stage.prepare(cfg2, data, OUT, backbone=backbone)` (new GrabCut labels in their own folder) and
+#   `stage.run_setting("box2seg", cfg2, sd2, OUT)` — the labels *and* $\rho$ change, so compare with
+#   `grabcut_ce` trained on the same labels;
+# * a filling rate between the two of §7.3 — the larger of the box's own $\rho_k$ and its class mean
+#   (write it into the `rho` arrays of `sd.store("grabcut").items`, a plain dict of numpy arrays, and
+#   retrain `box2seg` into another `OUT`): which boxes does it change, compared with `box2seg_class_rho`?
+#
+# Predict first: which objects should gain (§7.1's table), and can it cost anything on plain objects?
+#
+# **Exercise 5 — open: how much does the embedding radius matter?** Retrain with
+# `cfg.replace(box2seg=dataclasses.replace(cfg.box2seg, emb_radius=5.0))` and compare §7.3's row and the
+# affinity explorer of §6.4. What does a larger radius change in Eq. B6's pairs, and in the cost?
 
-* GrabCut with a fallback to the filled box when it keeps less than 20 % of a box:
-  `cfg2 = cfg.replace(grabcut=dataclasses.replace(cfg.grabcut, min_fill=0.2))`, then
-  `sd2 = stage.prepare(cfg2, data, OUT, backbone=backbone)` (new GrabCut labels in their own folder) and
-  `stage.run_setting("box2seg", cfg2, sd2, OUT)` — the labels *and* $\rho$ change, so compare with
-  `grabcut_ce` trained on the same labels;
-* a filling rate between the two of §7.3 — the larger of the box's own $\rho_k$ and its class mean
-  (write it into the `rho` arrays of `sd.store("grabcut").items`, a plain dict of numpy arrays, and
-  retrain `box2seg` into another `OUT`): which boxes does it change, compared with `box2seg_class_rho`?
+# %% [markdown]
+# ## 10 Summary and pointers
+#
+# * Boxes are noisy labels; **GrabCut** inside each box (Eq. 1–2) turns them into pixel labels that both
+#   under- and over-estimate objects (§6.1, §7.1) — camouflaged bodies are its blind spot.
+# * **Box2Seg** keeps GrabCut's labels for the cross-entropy and adds the boxes back through an
+#   **attention-weighted loss** (B2) whose attention is held to GrabCut's **filling rate** (B3), plus
+#   **pixel embeddings** trained on GrabCut's pairs and then to agree with the segmentation (B4–B6). At
+#   test time only the segmentation branch runs. All of it is our reconstruction (§3).
+# * The filling rate is also its weak point: the attention learns GrabCut's $\rho$, errors included (§8).
+# * The attention does learn where GrabCut is wrong — low on the background GrabCut took, fairly high on
+#   the object it missed (§6.2) — but the loss as described only adds box votes on top of GrabCut's labels,
+#   so it cannot overrule them; letting the attention gate GrabCut's labels collapsed every way we tried
+#   (§8). On our scenes GrabCut mostly *misses* object; on photos it mostly *takes* background (§7.5), the
+#   error the attention is built for — yet on the horses Box2Seg does not win either.
+# * Train to the end before comparing: with 3× the epochs both networks gain about 0.05 mIoU; Box2Seg as
+#   described then ties with GrabCut + CE, and **Box2Seg with a per-class filling rate (our change, BCM's
+#   idea) beats it by about 0.02 mIoU on both seeds** — on our scenes and on scenes redrawn so that GrabCut
+#   errs as on photos (§7.3, §7.6, §8). Not on the horses (§7.5).
+# * Check a gap against the seed before believing it: on this preset a second seed, or another thread
+#   count on the same seed, moves a setting by about ±0.01 mIoU, and the runs from a random backbone by
+#   far more (two runs of this notebook, same seed, other CPU load: GrabCut + CE 0.51 and 0.70, Box2Seg 0.73
+#   and 0.68 — §7.3; the figures of this run are printed below).
+#
+# The numbers of this run next to the papers' (toy data, a tiny CNN started from notebook 01's classifier,
+# CPU — compare the pattern, not the absolute values):
 
-Predict first: which objects should gain (§7.1's table), and can it cost anything on plain objects?
-
-**Exercise 5 — open: how much does the embedding radius matter?** Retrain with
-`cfg.replace(box2seg=dataclasses.replace(cfg.box2seg, emb_radius=5.0))` and compare §7.3's row and the
-affinity explorer of §6.4. What does a larger radius change in Eq. B6's pairs, and in the cost?
-""")
-
-# =====================================================================================================
-# 10 Summary and pointers
-# =====================================================================================================
-md(r"""
-## 10 Summary and pointers
-
-* Boxes are noisy labels; **GrabCut** inside each box (Eq. 1–2) turns them into pixel labels that both
-  under- and over-estimate objects (§6.1, §7.1) — camouflaged bodies are its blind spot.
-* **Box2Seg** keeps GrabCut's labels for the cross-entropy and adds the boxes back through an
-  **attention-weighted loss** (B2) whose attention is held to GrabCut's **filling rate** (B3), plus
-  **pixel embeddings** trained on GrabCut's pairs and then to agree with the segmentation (B4–B6). At
-  test time only the segmentation branch runs. All of it is our reconstruction (§3).
-* The filling rate is also its weak point: the attention learns GrabCut's $\rho$, errors included (§8).
-* The attention does learn where GrabCut is wrong — low on the background GrabCut took, fairly high on
-  the object it missed (§6.2) — but the loss as described only adds box votes on top of GrabCut's labels,
-  so it cannot overrule them; letting the attention gate GrabCut's labels collapsed every way we tried
-  (§8). On our scenes GrabCut mostly *misses* object; on photos it mostly *takes* background (§7.5), the
-  error the attention is built for — yet on the horses Box2Seg does not win either.
-* Train to the end before comparing: with 3× the epochs both networks gain about 0.05 mIoU; Box2Seg as
-  described then ties with GrabCut + CE, and **Box2Seg with a per-class filling rate (our change, BCM's
-  idea) beats it by about 0.02 mIoU on both seeds** — on our scenes and on scenes redrawn so that GrabCut
-  errs as on photos (§7.3, §7.6, §8). Not on the horses (§7.5).
-* Check a gap against the seed before believing it: on this preset a second seed, or another thread
-  count on the same seed, moves a setting by about ±0.01 mIoU, and the runs from a random backbone by
-  far more (two runs of this notebook, same seed, other CPU load: GrabCut + CE 0.51 and 0.70, Box2Seg 0.73
-  and 0.68 — §7.3; the figures of this run are printed below).
-
-The numbers of this run next to the papers' (toy data, a tiny CNN started from notebook 01's classifier,
-CPU — compare the pattern, not the absolute values):
-""")
-
-code(r"""
+# %%
 PAPERS = [  # PASCAL VOC 2012, mIoU (%); "2nd": third-party summaries, see reference/algorithms.md §5–6
     ("GrabCut pseudo-labels, VOC train (BANA's table, 2nd)", "65.7"),
     ("SDI, DeepLab-v1 VGG16, GrabCut+/MCG labels, val (2nd)", "65.7"),
@@ -1551,21 +1464,15 @@ if {"grabcut_ce", "box2seg"} <= set(results):
 print(f"ours: {len(sd.base)} training / {len(sd.val)} validation scenes of {train_raw.get_raw(0)['mask'].shape[0]} px, "
       f"{C + 1} classes; networks of {sum(p.numel() for p in results[RUN[0]].model.parameters()) / 1e6:.2f} M parameters "
       f"(backbone init: {cfg.seg.backbone_init or 'random'}) trained on {engine.select_device(DEVICE)}; training time of all settings {train_seconds:.0f} s, GrabCut {gc_man['seconds']:.0f} s")
-""")
 
-md(r"""
-Pointers:
-
-* **SDI** (Khoreva et al., CVPR 2017): GrabCut+ and MCG ∩ GrabCut with disagreement as *ignore*, and
-  recursive training — the same question (which GrabCut pixels to trust) answered with a fixed rule.
-* **BCM** (Song et al., CVPR 2019): the filling rate per class, used to keep only the most confident
-  share of each box's pixel losses — Box2Seg's filling rate, without the learned attention.
-* **BANA** (Oh et al., CVPR 2021): background-aware pooling inside boxes, no GrabCut at all.
-* **Notebook 06** trains one segmentation network on every method's pseudo-labels (CAM, random walk,
-  EDAM, EPS, GrabCut) and puts them in one table; `wsss_core.models.segnet.SegNet` with its heads
-  switched off is that plain segmenter.
-""")
-
-
-if __name__ == "__main__":
-    NB.write()
+# %% [markdown]
+# Pointers:
+#
+# * **SDI** (Khoreva et al., CVPR 2017): GrabCut+ and MCG ∩ GrabCut with disagreement as *ignore*, and
+#   recursive training — the same question (which GrabCut pixels to trust) answered with a fixed rule.
+# * **BCM** (Song et al., CVPR 2019): the filling rate per class, used to keep only the most confident
+#   share of each box's pixel losses — Box2Seg's filling rate, without the learned attention.
+# * **BANA** (Oh et al., CVPR 2021): background-aware pooling inside boxes, no GrabCut at all.
+# * **Notebook 06** trains one segmentation network on every method's pseudo-labels (CAM, random walk,
+#   EDAM, EPS, GrabCut) and puts them in one table; `wsss_core.models.segnet.SegNet` with its heads
+#   switched off is that plain segmenter.

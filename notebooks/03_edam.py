@@ -1,65 +1,58 @@
-"""Write notebooks/03_edam.ipynb (no outputs, no execution counts).
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-    python notebooks/_build/build_03.py
+# %% [markdown]
+# # 03 · EDAM: a discriminative activation layer and attention across images
+#
+# ## 1 Objective
+#
+# Notebook 01 ended with two flaws of class activation maps. One of them is **partial coverage**: a
+# classifier needs only the most discriminative part of an object to name it — here its small badge —
+# so its CAM lights up the badge and fades over the rest of the body (the figure below, from notebook
+# 01's classifier, on this notebook's images). Notebook 02 repairs the CAMs *afterwards* by a random
+# walk. **EDAM** (Wu et al., "Embedded Discriminative Attention Mechanism for Weakly Supervised
+# Semantic Segmentation", CVPR 2021) changes the *classifier* instead:
+#
+# * a **discriminative activation (DA) layer** predicts, at every location, $C + 1$ maps that are
+#   L2-normalised across channels — one mask per class plus an extra "sink" channel — and these masks
+#   replace the CAMs at inference;
+# * the classifier must decide from **class-specific features** (the features multiplied by the
+#   class's mask), and for each class a small **transformer attends across a pair of images** that
+#   share a class (*collaborative multi-attention*, CMA), so evidence for the class in one image can be
+#   matched with evidence in the other. The paper argues that this spreads each mask over more of the
+#   object than a CAM covers.
+#
+# This notebook implements EDAM the way its official code does (`allenwu97/EDAM`), trains it on the
+# toy scenes starting from notebook 01's classifier, and compares, **on the same training images and
+# with the same background rule**, four pseudo-label makers: CAMs, EDAM's masks, EDAM without the
+# cross-image attention (the ablation), and EDAM with the saliency override of the official code. It
+# asks one question in particular: do EDAM's masks cover more of each object than CAMs?
+#
+# *How to use it:* run top to bottom. The first run trains EDAM and its ablation (minutes on a CPU;
+# §10 prints how long it took here); both are stored under `OUT_DIR`, so a second run only
+# re-measures. Notebook 01's classifier and CAMs are reused from `OUT_DIR` when present, made otherwise.
+# `PROFILE = "smoke"` only proves that the code runs. Exercises are in §9; instructors set
+# `USE_SOLUTIONS = True`.
 
-Edit the cells here, not in the .ipynb, and re-run this script; the notebook is its output.
-"""
-from __future__ import annotations
+# %% [markdown]
+# ## 2 Parameters
+#
+# Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
+# and `USE_SOLUTIONS`).
 
-from nbbuild import NotebookBuilder
-
-NB = NotebookBuilder("03_edam")
-md, code = NB.md, NB.code
-
-
-# =====================================================================================================
-# 1 Objective
-# =====================================================================================================
-md(r"""
-# 03 · EDAM: a discriminative activation layer and attention across images
-
-## 1 Objective
-
-Notebook 01 ended with two flaws of class activation maps. One of them is **partial coverage**: a
-classifier needs only the most discriminative part of an object to name it — here its small badge —
-so its CAM lights up the badge and fades over the rest of the body (the figure below, from notebook
-01's classifier, on this notebook's images). Notebook 02 repairs the CAMs *afterwards* by a random
-walk. **EDAM** (Wu et al., "Embedded Discriminative Attention Mechanism for Weakly Supervised
-Semantic Segmentation", CVPR 2021) changes the *classifier* instead:
-
-* a **discriminative activation (DA) layer** predicts, at every location, $C + 1$ maps that are
-  L2-normalised across channels — one mask per class plus an extra "sink" channel — and these masks
-  replace the CAMs at inference;
-* the classifier must decide from **class-specific features** (the features multiplied by the
-  class's mask), and for each class a small **transformer attends across a pair of images** that
-  share a class (*collaborative multi-attention*, CMA), so evidence for the class in one image can be
-  matched with evidence in the other. The paper argues that this spreads each mask over more of the
-  object than a CAM covers.
-
-This notebook implements EDAM the way its official code does (`allenwu97/EDAM`), trains it on the
-toy scenes starting from notebook 01's classifier, and compares, **on the same training images and
-with the same background rule**, four pseudo-label makers: CAMs, EDAM's masks, EDAM without the
-cross-image attention (the ablation), and EDAM with the saliency override of the official code. It
-asks one question in particular: do EDAM's masks cover more of each object than CAMs?
-
-*How to use it:* run top to bottom. The first run trains EDAM and its ablation (minutes on a CPU;
-§10 prints how long it took here); both are stored under `OUT_DIR`, so a second run only
-re-measures. Notebook 01's classifier and CAMs are reused from `OUT_DIR` when present, made otherwise.
-`PROFILE = "smoke"` only proves that the code runs. Exercises are in §9; instructors set
-`USE_SOLUTIONS = True`.
-""")
-
-# =====================================================================================================
-# 2 Parameters
-# =====================================================================================================
-md(r"""
-## 2 Parameters
-
-Papermill overwrites this cell's values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`
-and `USE_SOLUTIONS`).
-""")
-
-code(r"""
+# %% tags=["parameters"]
 PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (laptop CPU, minutes) | "paper" (PASCAL VOC on a GPU)
 DATA_ROOT = None            # None: the profile's default data folder (toy scenes are generated on first use)
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
@@ -70,9 +63,8 @@ EPOCHS = None               # None: the preset of the profile; one epoch pairs e
 ABLATION = True             # also train EDAM without the cross-image attention (§7)
 SAL_THETA = None            # None: the official 0.2 (background where the 0–255 saliency ≤ 0.2·100)
 N_SHOW = 6                  # images in the example figures
-""", tags=["parameters"])
 
-code(r"""
+# %%
 # Everything else is derived from the parameters above.
 import json
 import math
@@ -100,7 +92,7 @@ from wsss_core.models import edam as medam
 from wsss_core.stages import cam as cam_stage
 from wsss_core.stages import edam as stage
 
-%matplotlib inline
+# %matplotlib inline
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 9,
                      "image.interpolation": "nearest"})
 engine.seed_everything(SEED)
@@ -153,17 +145,15 @@ print(f"EDAM: {cfg.backbone} {cfg.backbone_kwargs} (from the CAM classifier: {cf
 print(f"outputs: {rel(OUT)}")
 print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
       f"matplotlib {matplotlib.__version__}, wsss_core {wsss_core.__version__}")
-""")
 
-md(r"""
-### The problem on a picture
+# %% [markdown]
+# ### The problem on a picture
+#
+# Each row: an image, its true mask, notebook 01's CAM of one of its classes (blue 0 → red 1; white
+# outline: that class's badge, the discriminative part) and the CAM pseudo-label at notebook 01's best
+# threshold $\theta^*$.
 
-Each row: an image, its true mask, notebook 01's CAM of one of its classes (blue 0 → red 1; white
-outline: that class's badge, the discriminative part) and the CAM pseudo-label at notebook 01's best
-threshold $\theta^*$.
-""")
-
-code(r"""
+# %%
 KERNEL3 = np.ones((3, 3), np.uint8)
 
 
@@ -208,112 +198,103 @@ display(fig)
 if "part_recall" in cam.report:
     print(f"CAM pseudo-labels over all {len(eval_ds)} training images: badge pixels recalled {cam.report['part_recall']:.2f}, "
           f"body pixels {cam.report['body_recall']:.2f} (notebook 01, §7)")
-""")
 
-# =====================================================================================================
-# 3 Theory
-# =====================================================================================================
-md(r"""
-## 3 Theory
+# %% [markdown]
+# ## 3 Theory
+#
+# The equation numbers are this notebook's (the paper's Sec. 3.1 is the DA layer, Sec. 3.2 the
+# collaborative multi-attention). Where the official code fills in a detail the paper leaves open, or
+# (as far as we could check) does it differently, we follow the code and say so.
+#
+# **Discriminative activation layer** (`wsss_core.models.edam.DALayer`, `da_normalize`). A backbone
+# gives features $f(x)$ on an $h \times w$ grid. A $3 \times 3$ convolution without bias maps them to
+# $C + 1$ values $v(x) = W_{\mathrm{DA}} * f(x)$, which are L2-normalised across the channels and made
+# non-negative (official: `F.normalize` then `torch.abs`):
+#
+# $$m(x) = \frac{|v(x)|}{\max(\lVert v(x) \rVert_2, \epsilon)}, \qquad m(x) \in [0, 1]^{C+1},\quad \lVert m(x) \rVert_2 = 1. \tag{1}$$
+#
+# $m_c$, $c = 1..C$, is class $c$'s **mask**; channel $C + 1$ is never read anywhere — it only takes
+# a share of the unit norm, so a location can "give its norm away" instead of activating a class.
+# Unlike a CAM, the mask has no magnitude: a location whose (possibly faint) evidence points to
+# class $c$ alone gets $m_c \approx 1$. And because of the absolute value, strongly *negative*
+# evidence for a class counts like positive evidence.
+#
+# **Class-specific features** (`class_specific_features`). A $1 \times 1$ convolution reduces $f$ to
+# $z(x) \in \mathbb{R}^d$ (official `d_d`, $d = 128$); class $c$'s features are
+#
+# $$F_c(x) = z(x)\, m_c(x). \tag{2}$$
+#
+# **Collaborative multi-attention** (`CollaborativeMultiAttention`). Images come in **pairs** that
+# share at least one class (`wsss_core.stages.edam.sample_pairs`). For a pair $(I_1, I_2)$ and a class
+# $c$, the $2hw$ locations of $F_c$ in both images form one sequence of tokens, each with a sinusoidal
+# encoding $\mathrm{PE}(p)$ of its position $p$ in its image and a learned segment embedding $S(g)$ of
+# its image $g$ (`SinusoidalPositionalEncoding`, `nn.Embedding`):
+#
+# $$t_{c,g,p} = F_c^{(g)}(p) + \mathrm{PE}(p) + S(g), \qquad T_c = \big[t_{c,1,1} \dots t_{c,1,hw},\; t_{c,2,1} \dots t_{c,2,hw}\big]. \tag{3}$$
+#
+# Class $c$ has its **own** transformer block (official: one pre-LN layer, 2 heads, FFN 512, GELU,
+# dropout 0.1; one stack per class). Multi-head self-attention (`MultiHeadSelfAttention`,
+# `attention_weights`) with $Q = \mathrm{LN}(T_c) W_Q$, $K = \mathrm{LN}(T_c) W_K$,
+# $V = \mathrm{LN}(T_c) W_V$ per head:
+#
+# $$A = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{d_k}}\Big) \in \mathbb{R}^{2hw \times 2hw}. \tag{4}$$
+#
+# Every token of image 1 attends to every token of image 2 and vice versa: this is the
+# *collaborative*, cross-image part. The block (`TransformerBlock`) is
+#
+# $$T'_c = T_c + \mathrm{MHSA}(\mathrm{LN}(T_c)), \qquad T''_c = T'_c + W_2\, \mathrm{GELU}\big(W_1 \mathrm{LN}(T'_c)\big). \tag{5}$$
+#
+# **Logits and loss** (`EDAMNet.forward`, `edam_loss`). Each image's tokens are averaged and a
+# class-specific vector $w_c$ gives the score; the official code processes *all* $C$ classes for
+# every pair (present ones and absent ones; `stage.pair_class_list`) and trains with binary
+# cross-entropy against the image labels $y_{g,c}$:
+#
+# $$s_{g,c} = w_c^\top \frac{1}{hw}\sum_{p} T''_{c,g,p}, \tag{6}$$
+#
+# $$\mathcal{L} = -\frac{1}{2C} \sum_{g=1}^{2} \sum_{c=1}^{C} \Big[ y_{g,c} \log \sigma(s_{g,c}) + (1 - y_{g,c}) \log\big(1 - \sigma(s_{g,c})\big) \Big]. \tag{7}$$
+#
+# **Inference** (official `forward_cam` + `infer_cls.py`; `stage.ensure_masks`). The transformer is
+# not used: the masks $m_c$ take the place of the CAMs in notebook 01's Eq. 4 — summed over scales and
+# flips, present classes only, divided by their maximum (`wsss_core.cams.multiscale_cams` calling
+# `EDAMNet.cam`):
+#
+# $$M_c = y_c \frac{\sum_{s, \phi} \phi^{-1}\big(\mathcal{U}(m_c(\phi(x_s)))\big)}{\max_{x'} \sum_{s, \phi} \phi^{-1}\big(\mathcal{U}(m_c(\phi(x_s)))\big)(x')}. \tag{8}$$
+#
+# **Pseudo-labels without saliency**: a constant background score $\theta$ and an arg-max, exactly
+# notebook 01's Eqs. 5a and 6 (`wsss_core.cams.cams_to_labels`), so CAMs and masks are compared with
+# the same rule:
+#
+# $$\hat Y(x) = \arg\max\big(\theta, M_1(x), \dots, M_C(x)\big). \tag{9}$$
+#
+# **Pseudo-labels with the saliency override** (official `infer_cls.py` / `eval.py` with
+# `--sal_path`; `stage.saliency_override`). With an 8-bit saliency map $S(x) \in \{0..255\}$ (PoolNet
+# for VOC; here the toy scenes' detector stand-in), scores below $\alpha = 10^{-6}$ are set to $-2$,
+# scores above $\beta = 0.99999$ to $2$, and the background score is 1 where $S(x) \le 100\,\vartheta$
+# ($\vartheta = 0.2$, i.e. $\le 20$), else 0:
+#
+# $$\hat Y_{\mathrm{sal}}(x) = \arg\max\big([S(x) \le 100\vartheta],\; \tilde M_1(x), \dots, \tilde M_C(x)\big),\quad
+# \tilde M_c = \begin{cases} -2 & M_c < \alpha \\ 2 & M_c > \beta \\ M_c & \text{else.}\end{cases} \tag{10}$$
+#
+# So the **saliency map decides where the foreground is** and the masks only decide *which* present
+# class each salient pixel belongs to. (The README's best figure also applies a dense CRF before the
+# override; we do not, see §10.)
+#
+# **Measures**: as in notebook 01 (`wsss_core.evaluation.LabelMapEvaluator`): mIoU, class-aware
+# foreground precision and recall, badge (**part**) and **body** recall, context and background leak;
+# plus, to compare recall *fairly*, the recall of each method **at the same precision**, read off its
+# precision–recall curve over thresholds (`stage.sweep_curves`, `stage.recall_at_precision`). Saliency
+# quality: MAE and max $F_{\beta}$ ($\beta^2 = 0.3$) against the true object mask
+# (`wsss_core.metrics.SaliencyStats`).
 
-The equation numbers are this notebook's (the paper's Sec. 3.1 is the DA layer, Sec. 3.2 the
-collaborative multi-attention). Where the official code fills in a detail the paper leaves open, or
-(as far as we could check) does it differently, we follow the code and say so.
+# %% [markdown]
+# ## 4 From scratch, then the library
+#
+# The identities hold for any weights, so an untrained EDAM network (seeded) is enough here; §5 trains
+# the real one.
+#
+# ### 4.1 The DA layer (Eq. 1)
 
-**Discriminative activation layer** (`wsss_core.models.edam.DALayer`, `da_normalize`). A backbone
-gives features $f(x)$ on an $h \times w$ grid. A $3 \times 3$ convolution without bias maps them to
-$C + 1$ values $v(x) = W_{\mathrm{DA}} * f(x)$, which are L2-normalised across the channels and made
-non-negative (official: `F.normalize` then `torch.abs`):
-
-$$m(x) = \frac{|v(x)|}{\max(\lVert v(x) \rVert_2, \epsilon)}, \qquad m(x) \in [0, 1]^{C+1},\quad \lVert m(x) \rVert_2 = 1. \tag{1}$$
-
-$m_c$, $c = 1..C$, is class $c$'s **mask**; channel $C + 1$ is never read anywhere — it only takes
-a share of the unit norm, so a location can "give its norm away" instead of activating a class.
-Unlike a CAM, the mask has no magnitude: a location whose (possibly faint) evidence points to
-class $c$ alone gets $m_c \approx 1$. And because of the absolute value, strongly *negative*
-evidence for a class counts like positive evidence.
-
-**Class-specific features** (`class_specific_features`). A $1 \times 1$ convolution reduces $f$ to
-$z(x) \in \mathbb{R}^d$ (official `d_d`, $d = 128$); class $c$'s features are
-
-$$F_c(x) = z(x)\, m_c(x). \tag{2}$$
-
-**Collaborative multi-attention** (`CollaborativeMultiAttention`). Images come in **pairs** that
-share at least one class (`wsss_core.stages.edam.sample_pairs`). For a pair $(I_1, I_2)$ and a class
-$c$, the $2hw$ locations of $F_c$ in both images form one sequence of tokens, each with a sinusoidal
-encoding $\mathrm{PE}(p)$ of its position $p$ in its image and a learned segment embedding $S(g)$ of
-its image $g$ (`SinusoidalPositionalEncoding`, `nn.Embedding`):
-
-$$t_{c,g,p} = F_c^{(g)}(p) + \mathrm{PE}(p) + S(g), \qquad T_c = \big[t_{c,1,1} \dots t_{c,1,hw},\; t_{c,2,1} \dots t_{c,2,hw}\big]. \tag{3}$$
-
-Class $c$ has its **own** transformer block (official: one pre-LN layer, 2 heads, FFN 512, GELU,
-dropout 0.1; one stack per class). Multi-head self-attention (`MultiHeadSelfAttention`,
-`attention_weights`) with $Q = \mathrm{LN}(T_c) W_Q$, $K = \mathrm{LN}(T_c) W_K$,
-$V = \mathrm{LN}(T_c) W_V$ per head:
-
-$$A = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{d_k}}\Big) \in \mathbb{R}^{2hw \times 2hw}. \tag{4}$$
-
-Every token of image 1 attends to every token of image 2 and vice versa: this is the
-*collaborative*, cross-image part. The block (`TransformerBlock`) is
-
-$$T'_c = T_c + \mathrm{MHSA}(\mathrm{LN}(T_c)), \qquad T''_c = T'_c + W_2\, \mathrm{GELU}\big(W_1 \mathrm{LN}(T'_c)\big). \tag{5}$$
-
-**Logits and loss** (`EDAMNet.forward`, `edam_loss`). Each image's tokens are averaged and a
-class-specific vector $w_c$ gives the score; the official code processes *all* $C$ classes for
-every pair (present ones and absent ones; `stage.pair_class_list`) and trains with binary
-cross-entropy against the image labels $y_{g,c}$:
-
-$$s_{g,c} = w_c^\top \frac{1}{hw}\sum_{p} T''_{c,g,p}, \tag{6}$$
-
-$$\mathcal{L} = -\frac{1}{2C} \sum_{g=1}^{2} \sum_{c=1}^{C} \Big[ y_{g,c} \log \sigma(s_{g,c}) + (1 - y_{g,c}) \log\big(1 - \sigma(s_{g,c})\big) \Big]. \tag{7}$$
-
-**Inference** (official `forward_cam` + `infer_cls.py`; `stage.ensure_masks`). The transformer is
-not used: the masks $m_c$ take the place of the CAMs in notebook 01's Eq. 4 — summed over scales and
-flips, present classes only, divided by their maximum (`wsss_core.cams.multiscale_cams` calling
-`EDAMNet.cam`):
-
-$$M_c = y_c \frac{\sum_{s, \phi} \phi^{-1}\big(\mathcal{U}(m_c(\phi(x_s)))\big)}{\max_{x'} \sum_{s, \phi} \phi^{-1}\big(\mathcal{U}(m_c(\phi(x_s)))\big)(x')}. \tag{8}$$
-
-**Pseudo-labels without saliency**: a constant background score $\theta$ and an arg-max, exactly
-notebook 01's Eqs. 5a and 6 (`wsss_core.cams.cams_to_labels`), so CAMs and masks are compared with
-the same rule:
-
-$$\hat Y(x) = \arg\max\big(\theta, M_1(x), \dots, M_C(x)\big). \tag{9}$$
-
-**Pseudo-labels with the saliency override** (official `infer_cls.py` / `eval.py` with
-`--sal_path`; `stage.saliency_override`). With an 8-bit saliency map $S(x) \in \{0..255\}$ (PoolNet
-for VOC; here the toy scenes' detector stand-in), scores below $\alpha = 10^{-6}$ are set to $-2$,
-scores above $\beta = 0.99999$ to $2$, and the background score is 1 where $S(x) \le 100\,\vartheta$
-($\vartheta = 0.2$, i.e. $\le 20$), else 0:
-
-$$\hat Y_{\mathrm{sal}}(x) = \arg\max\big([S(x) \le 100\vartheta],\; \tilde M_1(x), \dots, \tilde M_C(x)\big),\quad
-\tilde M_c = \begin{cases} -2 & M_c < \alpha \\ 2 & M_c > \beta \\ M_c & \text{else.}\end{cases} \tag{10}$$
-
-So the **saliency map decides where the foreground is** and the masks only decide *which* present
-class each salient pixel belongs to. (The README's best figure also applies a dense CRF before the
-override; we do not, see §10.)
-
-**Measures**: as in notebook 01 (`wsss_core.evaluation.LabelMapEvaluator`): mIoU, class-aware
-foreground precision and recall, badge (**part**) and **body** recall, context and background leak;
-plus, to compare recall *fairly*, the recall of each method **at the same precision**, read off its
-precision–recall curve over thresholds (`stage.sweep_curves`, `stage.recall_at_precision`). Saliency
-quality: MAE and max $F_{\beta}$ ($\beta^2 = 0.3$) against the true object mask
-(`wsss_core.metrics.SaliencyStats`).
-""")
-
-# =====================================================================================================
-# 4 From scratch, then the library
-# =====================================================================================================
-md(r"""
-## 4 From scratch, then the library
-
-The identities hold for any weights, so an untrained EDAM network (seeded) is enough here; §5 trains
-the real one.
-
-### 4.1 The DA layer (Eq. 1)
-""")
-
-code(r"""
+# %%
 engine.seed_everything(SEED)
 toy_net = stage.build_model(cfg, C).eval()                      # EDAMNet with random weights
 x2 = torch.stack([eval_ds[i]["image"].as_subclass(torch.Tensor) for i in SHOW[:2]])   # (2, 3, H, W)
@@ -343,23 +324,21 @@ def fmt_vec(t):
 
 display(Markdown("| v(x): classes 1…C, then the sink | m(x) = \\|v\\| / ‖v‖₂ |\n|---|---|\n" + "\n".join(
     f"| {fmt_vec(a[: C + 1])} | {fmt_vec(b)} |" for a, b in zip(demo, demo_m))))
-""")
 
-md(r"""
-Four locations, by hand: a faint but unambiguous activation becomes a full mask value; a strong but
-shared one is split; a strongly negative one becomes positive after the absolute value; one whose
-norm went to the sink channel activates no class. A CAM (ReLU of a linear score) keeps magnitudes
-and drops negative evidence — the masks are a different kind of map, which will matter for their
-threshold (§7).
+# %% [markdown]
+# Four locations, by hand: a faint but unambiguous activation becomes a full mask value; a strong but
+# shared one is split; a strongly negative one becomes positive after the absolute value; one whose
+# norm went to the sink channel activates no class. A CAM (ReLU of a linear score) keeps magnitudes
+# and drops negative evidence — the masks are a different kind of map, which will matter for their
+# threshold (§7).
+#
+# ### 4.2 Pairs of images that share a class
+#
+# `stage.sample_pairs` draws, for every training image (the *anchor*), one of its classes and a partner
+# among the other images with that class; a new epoch draws new partners. The official code reads a
+# precomputed list of pairs instead (`voc12/EDAM_train.txt`, not in its repository).
 
-### 4.2 Pairs of images that share a class
-
-`stage.sample_pairs` draws, for every training image (the *anchor*), one of its classes and a partner
-among the other images with that class; a new epoch draws new partners. The official code reads a
-precomputed list of pairs instead (`voc12/EDAM_train.txt`, not in its repository).
-""")
-
-code(r"""
+# %%
 P_all = stage.sample_pairs(LABELS, seed=SEED)
 a, b, c = P_all.T
 assert ((LABELS[a, c] == 1) & (LABELS[b, c] == 1)).all() and (a != b).all()
@@ -377,17 +356,15 @@ display(fig)
 item = pairs[0]
 print("one training item:", {k: (tuple(v.shape) if torch.is_tensor(v) else v) for k, v in item.items()})
 print("its class list (present classes first, then the absent ones):", [NAMES[k + 1] for k in item["class_idx"].tolist()])
-""")
 
-md(r"""
-### 4.3 One class of one pair through the transformer, by hand (Eqs. 2–6)
+# %% [markdown]
+# ### 4.3 One class of one pair through the transformer, by hand (Eqs. 2–6)
+#
+# Tokens of both images for one class (Eq. 3), layer norm, the attention of Eq. 4 for each head, the
+# two residual sub-layers of Eq. 5, the per-image average and the class vector (Eq. 6) — against
+# `EDAMNet.forward` (in eval mode, so without dropout).
 
-Tokens of both images for one class (Eq. 3), layer norm, the attention of Eq. 4 for each head, the
-two residual sub-layers of Eq. 5, the per-image average and the class vector (Eq. 6) — against
-`EDAMNet.forward` (in eval mode, so without dropout).
-""")
-
-code(r"""
+# %%
 pair_x = item["image"][None]                                  # (P=1, G=2, 3, h, w)
 pair_idx = item["class_idx"][None]                            # (1, C)
 cls_k = 0                                                     # the first slot: a class present in the pair
@@ -417,26 +394,22 @@ assert torch.allclose(A, att_lib[cls][0:1], atol=1e-6)
 share = medam.cross_image_share(A, h * w).mean().item()
 print(f"✓ by hand == the library (logits and attention). Untrained, image 1's tokens give {share:.0%} of their "
       "attention to image 2's (uniform attention would give 50%)")
-""")
 
-# =====================================================================================================
-# 5 Run it
-# =====================================================================================================
-md(r"""
-## 5 Run it
 
-### 5.1 Train EDAM
+# %% [markdown]
+# ## 5 Run it
+#
+# ### 5.1 Train EDAM
+#
+# `stage.train_edam` runs the project's training loop (`wsss_core.engine.train`) over the pairs, with
+# the loss of Eq. 7; the pairs are drawn anew at every epoch (`stage.PairEpochs`). **Initialisation:**
+# the official code starts from an ImageNet-pretrained ResNet-38; our compact CNN has no pretrained
+# weights, so the backbone starts from notebook 01's trained CAM classifier (as notebook 02's
+# AffinityNet does) and the DA layer, the reduction, the transformers and the class vectors start
+# from scratch. That also makes the comparison with the CAMs a clean one: both start from the same
+# features, and what changes is what EDAM's head and training make of them.
 
-`stage.train_edam` runs the project's training loop (`wsss_core.engine.train`) over the pairs, with
-the loss of Eq. 7; the pairs are drawn anew at every epoch (`stage.PairEpochs`). **Initialisation:**
-the official code starts from an ImageNet-pretrained ResNet-38; our compact CNN has no pretrained
-weights, so the backbone starts from notebook 01's trained CAM classifier (as notebook 02's
-AffinityNet does) and the DA layer, the reduction, the transformers and the class vectors start
-from scratch. That also makes the comparison with the CAMs a clean one: both start from the same
-features, and what changes is what EDAM's head and training make of them.
-""")
-
-code(r"""
+# %%
 def train(cfg_, ckpt):
     existed = (ckpt / engine.CHECKPOINT_NAME).is_file()
     t0 = time.perf_counter()
@@ -460,51 +433,45 @@ ax1.set(title="binary cross-entropy over the pair's 2 × C logits (Eq. 7)", ylab
 history.plot(ax=ax2, keys=("acc",), smooth=0.1)
 ax2.set(title="share of logits with the right sign", ylabel="accuracy", ylim=(0.4, 1.01))
 display(fig)
-""")
 
-md(r"""
-### 5.2 Is the classifier good enough?
+# %% [markdown]
+# ### 5.2 Is the classifier good enough?
+#
+# The masks are only worth studying if EDAM's classifier works. Below: the share of logits with the
+# right sign and the loss on pairs of *validation* images (whole images, no augmentation).
 
-The masks are only worth studying if EDAM's classifier works. Below: the share of logits with the
-right sign and the loss on pairs of *validation* images (whole images, no augmentation).
-""")
-
-code(r"""
+# %%
 val_pairs = stage.pair_dataset(data.root, data.val_split, cfg, train=False)
 val_acc = stage.pair_accuracy(model, val_pairs, max_pairs=256)
 print(f"validation pairs ({val_acc['n_pairs']}): logit sign accuracy {val_acc['acc']:.3f}, loss {val_acc['loss']:.3f}"
       + ("   (smoke profile: only proves that the code runs)" if PROFILE == "smoke" else ""))
 if PROFILE != "smoke" and val_acc["acc"] < 0.9:
     print("WARNING: EDAM's classifier is weak on validation pairs; its masks are not trustworthy. Train longer (EPOCHS).")
-""")
 
-md(r"""
-### 5.3 Masks of the training images
+# %% [markdown]
+# ### 5.3 Masks of the training images
+#
+# Eq. 8 for every training image (`stage.ensure_masks`), stored like the CAMs (one `.npz` per image,
+# present classes, max-normalised) so that every tool of notebook 01 applies to them; the threshold
+# sweep of Eq. 9 picks the oracle $\theta^*$ as for the CAMs. The sweep reaches 0.99 (the CAMs'
+# stops at 0.95): §7 shows why the masks need it.
 
-Eq. 8 for every training image (`stage.ensure_masks`), stored like the CAMs (one `.npz` per image,
-present classes, max-normalised) so that every tool of notebook 01 applies to them; the threshold
-sweep of Eq. 9 picks the oracle $\theta^*$ as for the CAMs. The sweep reaches 0.99 (the CAMs'
-stops at 0.95): §7 shows why the masks need it.
-""")
-
-code(r"""
+# %%
 mask_seconds, reused = stage.ensure_masks(model, eval_ds, MASK_DIR, cfg, CKPT.name)
 print(("reused" if reused else "made") + f" the DA masks of {len(eval_ds)} images in {mask_seconds:.0f} s → {rel(MASK_DIR)}")
 report = stage.evaluate_masks(MASK_DIR, eval_ds, cfg, data.context_pairs, progress=True)
 BEST = report["best_threshold"]
 print(f"EDAM: best background threshold θ* = {BEST:g}, mIoU {report['miou']:.3f}   |   CAM: θ* = {CAM_BEST:g}, "
       f"mIoU {cam.report['miou']:.3f}")
-""")
 
-md(r"""
-### 5.4 The ablation: EDAM without the collaborative multi-attention
+# %% [markdown]
+# ### 5.4 The ablation: EDAM without the collaborative multi-attention
+#
+# The same network, pairs, initialisation and training, but the class-specific features go straight
+# to the average pooling (Eq. 6 with $T''_c = F_c$): no transformer, no cross-image attention
+# (`use_cma=False`). What this changes is what the attention contributes.
 
-The same network, pairs, initialisation and training, but the class-specific features go straight
-to the average pooling (Eq. 6 with $T''_c = F_c$): no transformer, no cross-image attention
-(`use_cma=False`). What this changes is what the attention contributes.
-""")
-
-code(r"""
+# %%
 if ABLATION:
     model_nc, history_nc, train_seconds_nc = train(cfg_no_cma, CKPT_NO_CMA)
     stage.ensure_masks(model_nc, eval_ds, MASK_DIR_NO_CMA, cfg_no_cma, CKPT_NO_CMA.name)
@@ -514,22 +481,17 @@ if ABLATION:
 else:
     model_nc, report_nc, train_seconds_nc = None, None, 0.0
     print("ABLATION = False: skipped")
-""")
 
-# =====================================================================================================
-# 6 Look at it
-# =====================================================================================================
-md(r"""
-## 6 Look at it
+# %% [markdown]
+# ## 6 Look at it
+#
+# ### 6.1 Masks next to CAMs
+#
+# Each row: the image, its true mask; notebook 01's CAM and EDAM's mask $M_c$ of one class of the
+# image (blue 0 → red 1; white: that class's badges); and the pseudo-labels of CAM and EDAM at their
+# own best thresholds, and of EDAM with the saliency override (Eq. 10).
 
-### 6.1 Masks next to CAMs
-
-Each row: the image, its true mask; notebook 01's CAM and EDAM's mask $M_c$ of one class of the
-image (blue 0 → red 1; white: that class's badges); and the pseudo-labels of CAM and EDAM at their
-own best thresholds, and of EDAM with the saliency override (Eq. 10).
-""")
-
-code(r"""
+# %%
 sal_cache = {}
 
 
@@ -580,24 +542,23 @@ for i in range(len(eval_ds)):
 med = {n: (float(np.median(np.concatenate(obj_vals[n]))), float(np.median(np.concatenate(bg_vals[n])))) for n in obj_vals}
 print("median map value of the image's classes — on their object pixels / on background pixels: "
       + "; ".join(f"{n} {o:.2f} / {b:.2f}" for n, (o, b) in med.items()))
-""")
 
-md(r"""
-What to look for: the masks are *flat-topped* — large regions sit near 1, where a CAM peaks on the
-badge and decays (the normalisation of Eq. 1 at work, §4.1) — and they extend over background as
-well: the median mask value on background is far above the CAM's. So "the mask covers more of
-the object" and "the mask covers more of everything" have to be told apart: that is why the best
-threshold is much higher for the masks, and why §7 compares recall at equal precision.
 
-### 6.2 What the cross-image attention attends to
+# %% [markdown]
+# What to look for: the masks are *flat-topped* — large regions sit near 1, where a CAM peaks on the
+# badge and decays (the normalisation of Eq. 1 at work, §4.1) — and they extend over background as
+# well: the median mask value on background is far above the CAM's. So "the mask covers more of
+# the object" and "the mask covers more of everything" have to be told apart: that is why the best
+# threshold is much higher for the masks, and why §7 compares recall at equal precision.
+#
+# ### 6.2 What the cross-image attention attends to
+#
+# For a pair sharing class $c$ (validation images, whole), the trained transformer of class $c$: the
+# *query* is the token of image 1 where $m_c$ is largest (×); its attention (Eq. 4, averaged over
+# heads) over the tokens of image 1 and of image 2 is drawn as heat maps (each scaled to its own
+# maximum), with image 2's class-$c$ objects outlined.
 
-For a pair sharing class $c$ (validation images, whole), the trained transformer of class $c$: the
-*query* is the token of image 1 where $m_c$ is largest (×); its attention (Eq. 4, averaged over
-heads) over the tokens of image 1 and of image 2 is drawn as heat maps (each scaled to its own
-maximum), with image 2's class-$c$ objects outlined.
-""")
-
-code(r"""
+# %%
 def tokens_to_grid(vec, h, w):
     return vec.reshape(h, w).cpu().numpy()
 
@@ -674,21 +635,19 @@ display(Markdown(
     + f"\n\nOn the {int(ho.sum())} pairs whose image 2 also holds objects of other classes, attention per unit of area is "
     f"{LIFT['body']:.1f}× uniform on the class-c bodies and {LIFT['other_objects']:.1f}× on the other classes' objects. "
     f"All tokens together give {ATT_CROSS:.0%} of their attention to the *other* image (50% would be uniform)."))
-""")
 
-md(r"""
-How to read it: attention that "finds the object in the other image" puts far more of its weight on
-image 2's class-$c$ regions than their share of the tokens. Whether it lands on the badge (the
-discriminative part again) or spreads over the body is the question EDAM's claim depends on: if the
-other image contributes only its badge, the attention cannot teach the mask anything about bodies.
+# %% [markdown]
+# How to read it: attention that "finds the object in the other image" puts far more of its weight on
+# image 2's class-$c$ regions than their share of the tokens. Whether it lands on the badge (the
+# discriminative part again) or spreads over the body is the question EDAM's claim depends on: if the
+# other image contributes only its badge, the attention cannot teach the mask anything about bodies.
+#
+# ### Explore
+#
+# Browse the training images, the methods and the threshold (in a live Jupyter session; an executed
+# copy shows the default setting).
 
-### Explore
-
-Browse the training images, the methods and the threshold (in a live Jupyter session; an executed
-copy shows the default setting).
-""")
-
-code(r"""
+# %%
 METHODS = {"EDAM": MASK_DIR, "CAM (notebook 01)": cam.cam_dir}   # the first one is drawn with EDAM's θ*
 if report_nc is not None:
     METHODS["EDAM without CMA"] = MASK_DIR_NO_CMA
@@ -715,24 +674,20 @@ def render(index, method, threshold, saliency_override):
 
 widgets.explore(render, index=(0, len(eval_ds) - 1, 1, int(SHOW[0])), method=list(METHODS),
                 threshold=(0.05, 0.99, 0.01, float(BEST)), saliency_override=False);
-""")
 
-# =====================================================================================================
-# 7 Measure it
-# =====================================================================================================
-md(r"""
-## 7 Measure it
 
-### 7.1 Four pseudo-label makers on the same images
+# %% [markdown]
+# ## 7 Measure it
+#
+# ### 7.1 Four pseudo-label makers on the same images
+#
+# All rows score the same training images against the same masks. CAM, EDAM and EDAM without CMA use
+# a constant background at each one's oracle best threshold (Eq. 9, as in notebook 01); EDAM +
+# saliency uses the official override (Eq. 10), which has no background threshold to choose. The
+# last row applies the *same* override to notebook 01's CAMs: it separates what the saliency map
+# contributes from what EDAM's masks contribute.
 
-All rows score the same training images against the same masks. CAM, EDAM and EDAM without CMA use
-a constant background at each one's oracle best threshold (Eq. 9, as in notebook 01); EDAM +
-saliency uses the official override (Eq. 10), which has no background threshold to choose. The
-last row applies the *same* override to notebook 01's CAMs: it separates what the saliency map
-contributes from what EDAM's masks contribute.
-""")
-
-code(r"""
+# %%
 def g(d, k):
     v = (d or {}).get(k, math.nan)
     return math.nan if v is None else v
@@ -764,19 +719,17 @@ if SAL is not None:
     print(f"saliency map used by the override ({cfg.saliency_dir}/, the toy scenes' detector stand-in): MAE {SAL['mae']:.3f}, "
           f"max F {SAL['max_f']:.3f}; its binary map at ϑ ({SAL['theta_255']:g}/255): precision {SAL['precision']:.3f}, "
           f"recall {SAL['recall']:.3f} of the object pixels")
-""")
 
-md(r"""
-### 7.2 Recall at equal precision
+# %% [markdown]
+# ### 7.2 Recall at equal precision
+#
+# A best threshold trades precision for recall, and the two methods' best thresholds fall at
+# different places on their curves. The fair question is: *at the same precision, which maps find
+# more of the objects?* Below, each method's foreground precision–recall curve over thresholds (left)
+# and its body recall against foreground precision (right); the table reads every curve at the CAM's
+# precision at its best threshold.
 
-A best threshold trades precision for recall, and the two methods' best thresholds fall at
-different places on their curves. The fair question is: *at the same precision, which maps find
-more of the objects?* Below, each method's foreground precision–recall curve over thresholds (left)
-and its body recall against foreground precision (right); the table reads every curve at the CAM's
-precision at its best threshold.
-""")
-
-code(r"""
+# %%
 TH_FINE = np.round(np.concatenate([np.arange(0.02, 0.96, 0.02), [0.96, 0.97, 0.98, 0.985, 0.99, 0.995]]), 3)
 curves = {"CAM (notebook 01)": stage.sweep_curves(cam.cam_dir, eval_ds, TH_FINE),
           "EDAM": stage.sweep_curves(MASK_DIR, eval_ds, TH_FINE)}
@@ -814,13 +767,11 @@ display(Markdown(f"At the CAM's precision at its best threshold, **{P_REF:.3f}**
                              f"{f3(stage.recall_at_precision(curves[n], P_OTHER[1], 'body_recall'))} | {np.nanmax(curves[n]['miou']):.3f} |"
                              for n, v in AT_P.items())
                  + "\n\n(– : the curve does not reach that precision.)"))
-""")
 
-md(r"""
-### 7.3 Saved for the next notebooks
-""")
+# %% [markdown]
+# ### 7.3 Saved for the next notebooks
 
-code(r"""
+# %%
 gain_body = AT_P["EDAM"]["body_recall"] - AT_P["CAM (notebook 01)"]["body_recall"]
 print(f"EDAM vs CAM on the same {len(eval_ds)} images: best mIoU {report['miou']:.3f} vs {cam.report['miou']:.3f}; "
       f"fg recall at each one's best threshold {report['fg_recall']:.3f} vs {cam.report['fg_recall']:.3f}; "
@@ -887,24 +838,19 @@ if not (same and len(list(LABEL_DIR.glob("*.png"))) == len(eval_ds)):
 if HAS_SAL and not (same and len(list(SAL_LABEL_DIR.glob("*.png"))) == len(eval_ds)):
     stage.save_pseudo_labels(MASK_DIR, sal_ds, SAL_LABEL_DIR, threshold=None, cfg=cfg)
 print(f"written: {rel(OUT / 'metrics.json')}, pseudo-labels in {rel(LABEL_DIR)}" + (", pseudo_labels_sal/" if HAS_SAL else ""))
-""")
 
-# =====================================================================================================
-# 8 What goes wrong
-# =====================================================================================================
-md(r"""
-## 8 What goes wrong
+# %% [markdown]
+# ## 8 What goes wrong
+#
+# ### 8.1 The saliency override inherits the saliency map's errors
+#
+# With the override, the saliency map alone decides what is foreground (Eq. 10). The detector stand-in
+# misses some objects and fires on some badge-less distractor bodies (notebook 00). Below: the
+# training image with the most object pixels below the saliency threshold (a missed object), and
+# the one with the most background above it (a salient distractor, or blur) — each with EDAM's masks
+# and its pseudo-labels without and with the override.
 
-### 8.1 The saliency override inherits the saliency map's errors
-
-With the override, the saliency map alone decides what is foreground (Eq. 10). The detector stand-in
-misses some objects and fires on some badge-less distractor bodies (notebook 00). Below: the
-training image with the most object pixels below the saliency threshold (a missed object), and
-the one with the most background above it (a salient distractor, or blur) — each with EDAM's masks
-and its pseudo-labels without and with the override.
-""")
-
-code(r"""
+# %%
 if HAS_SAL:
     worst_miss, worst_fp = (None, 0), (None, 0)
     for i in range(len(eval_ds)):
@@ -927,17 +873,15 @@ if HAS_SAL:
     fig = viz.image_grid(rows, titles=titles, size=1.9)
     fig.savefig(OUT / "saliency_failures.png")
     display(fig)
-""")
 
-md(r"""
-### 8.2 The saliency threshold pushed too far
+# %% [markdown]
+# ### 8.2 The saliency threshold pushed too far
+#
+# The official $\vartheta = 0.2$ (saliency $\le 20$ of 255 is background) trusts every faint response
+# of the detector. Raising it removes the blur around objects and weak distractors, but at some point
+# it starts to cut the objects themselves; the curve below scores the override at several values.
 
-The official $\vartheta = 0.2$ (saliency $\le 20$ of 255 is background) trusts every faint response
-of the detector. Raising it removes the blur around objects and weak distractors, but at some point
-it starts to cut the objects themselves; the curve below scores the override at several values.
-""")
-
-code(r"""
+# %%
 if HAS_SAL:
     THETAS = [0.05, 0.2, 0.5, 1.0, 1.5, 2.0, 2.4]
     sal_sweep = {}
@@ -962,102 +906,91 @@ if HAS_SAL:
     print(f"official ϑ = {cfg.sal_theta:g}: mIoU {sal_sweep.get(cfg.sal_theta, (math.nan,))[0]:.3f}; best of the sweep "
           f"ϑ = {best_th:g}: {sal_sweep[best_th][0]:.3f}; ϑ = {THETAS[-1]:g} (≈ {100 * THETAS[-1]:.0f}/255): "
           f"{sal_sweep[THETAS[-1]][0]:.3f} (recall {sal_sweep[THETAS[-1]][2]:.3f})")
-""")
 
-# =====================================================================================================
-# 9 Exercises
-# =====================================================================================================
-md(r"""
-## 9 Exercises
 
-**Exercise 1 — the DA normalisation (Eq. 1).** Write `da_normalize(logits)`: `logits` is a
-`(B, C + 1, h, w)` tensor; return $|v| / \max(\lVert v \rVert_2, 10^{-12})$ with the norm over the
-channel axis at every location. Without `F.normalize`.
-""")
+# %% [markdown]
+# ## 9 Exercises
+#
+# **Exercise 1 — the DA normalisation (Eq. 1).** Write `da_normalize(logits)`: `logits` is a
+# `(B, C + 1, h, w)` tensor; return $|v| / \max(\lVert v \rVert_2, 10^{-12})$ with the norm over the
+# channel axis at every location. Without `F.normalize`.
 
-code(r"""
+# %%
 def da_normalize(logits):
     "logits (B, C+1, h, w) → non-negative maps with unit L2 norm across channels at every location."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_1 = exercises.check("da_normalize", da_normalize, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 2 — the saliency override (Eq. 10).** Write `saliency_override(masks, label, saliency,
-theta)`: `masks` is `(C, H, W)` in $[0, 1]$, `label` `(C,)` multi-hot, `saliency` an `(H, W)` uint8
-map (0–255). Return the `(H, W)` label map of the official rule with $\alpha = 10^{-6}$,
-$\beta = 0.99999$; classes absent from `label` score 0 before the $\alpha$/$\beta$ step, and ties go to
-the background.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 2 — the saliency override (Eq. 10).** Write `saliency_override(masks, label, saliency,
+# theta)`: `masks` is `(C, H, W)` in $[0, 1]$, `label` `(C,)` multi-hot, `saliency` an `(H, W)` uint8
+# map (0–255). Return the `(H, W)` label map of the official rule with $\alpha = 10^{-6}$,
+# $\beta = 0.99999$; classes absent from `label` score 0 before the $\alpha$/$\beta$ step, and ties go to
+# the background.
+
+# %%
 def saliency_override(masks, label, saliency, theta):
     "masks (C, H, W), label (C,), saliency (H, W) uint8, theta → (H, W) labels 0..C (official EDAM rule)."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_2 = exercises.check("edam_saliency_override", saliency_override, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 3 — how much does an image look at the other one?** Write `cross_image_attention(q, k,
-n_first)`: `q`, `k` are `(L, d)` queries and keys of a pair's joint sequence, the first `n_first`
-tokens belonging to image 1. Compute the attention weights of Eq. 4 (one head) and return, for each
-of image 1's tokens, the total weight it puts on image 2's tokens (shape `(n_first,)`). §6.2 printed
-this share, averaged, for the trained model.
-""")
 
-code(r"""
+# %% [markdown]
+# **Exercise 3 — how much does an image look at the other one?** Write `cross_image_attention(q, k,
+# n_first)`: `q`, `k` are `(L, d)` queries and keys of a pair's joint sequence, the first `n_first`
+# tokens belonging to image 1. Compute the attention weights of Eq. 4 (one head) and return, for each
+# of image 1's tokens, the total weight it puts on image 2's tokens (shape `(n_first,)`). §6.2 printed
+# this share, averaged, for the trained model.
+
+# %%
 def cross_image_attention(q, k, n_first):
     "q, k (L, d); tokens 0..n_first-1 are image 1's → (n_first,) attention mass on image 2's tokens."
     # YOUR CODE HERE
     raise NotImplementedError
-""")
 
-code(r"""
+
+# %%
 passed_3 = exercises.check("cross_image_attention", cross_image_attention, use_solution=USE_SOLUTIONS)
-""")
 
-md(r"""
-**Exercise 4 — open: could attention across images help on these scenes at all?** Predict first,
-using what notebook 00 says about how the toy objects are drawn: which pixels of an object carry
-information about its *class*, and which look the same for every class? Then measure it: train EDAM
-with pairs that share **no** class (change `stage.sample_pairs`, or shuffle `pairs.pairs[:, 1]` in
-an epoch callback) and compare its masks' body recall at the CAM's precision (§7.2) with the real
-EDAM's. Finally, propose a change to the toy scenes under which cross-image attention *should* find
-more of each object than a CAM, and say what you would measure to check it.
 
-**Exercise 5 — open: the sink channel.** Channel $C + 1$ of the DA layer is never read. Train EDAM
-with `da_normalize` over the $C$ class channels only (no sink: e.g. slice the DA conv's output in a
-subclass of `EDAMNet`) for the same epochs, and compare the masks' background values (§6.1) and mIoU.
-What does the sink let a background location do?
-""")
+# %% [markdown]
+# **Exercise 4 — open: could attention across images help on these scenes at all?** Predict first,
+# using what notebook 00 says about how the toy objects are drawn: which pixels of an object carry
+# information about its *class*, and which look the same for every class? Then measure it: train EDAM
+# with pairs that share **no** class (change `stage.sample_pairs`, or shuffle `pairs.pairs[:, 1]` in
+# an epoch callback) and compare its masks' body recall at the CAM's precision (§7.2) with the real
+# EDAM's. Finally, propose a change to the toy scenes under which cross-image attention *should* find
+# more of each object than a CAM, and say what you would measure to check it.
+#
+# **Exercise 5 — open: the sink channel.** Channel $C + 1$ of the DA layer is never read. Train EDAM
+# with `da_normalize` over the $C$ class channels only (no sink: e.g. slice the DA conv's output in a
+# subclass of `EDAMNet`) for the same epochs, and compare the masks' background values (§6.1) and mIoU.
+# What does the sink let a background location do?
 
-# =====================================================================================================
-# 10 Summary and pointers
-# =====================================================================================================
-md(r"""
-## 10 Summary and pointers
+# %% [markdown]
+# ## 10 Summary and pointers
+#
+# * EDAM replaces CAMs by **masks** from a DA layer: per-location L2 normalisation over $C + 1$
+#   channels and an absolute value (Eq. 1). The masks discard magnitude (§4.1), and during training
+#   the classifier sees only **class-specific features** (Eq. 2) through one transformer per class that
+#   attends over the tokens of **two images sharing a class** (Eqs. 3–6).
+# * Whether the masks cover more of the objects than CAMs has to be judged **at equal precision**: a
+#   higher recall at a lower precision is the threshold talking, not the method (§7.2).
+# * With the official **saliency override** the saliency map decides the foreground and the masks only
+#   the class (Eq. 10), so the saliency map's errors become the pseudo-labels' errors (§8).
+#
+# What this run found:
 
-* EDAM replaces CAMs by **masks** from a DA layer: per-location L2 normalisation over $C + 1$
-  channels and an absolute value (Eq. 1). The masks discard magnitude (§4.1), and during training
-  the classifier sees only **class-specific features** (Eq. 2) through one transformer per class that
-  attends over the tokens of **two images sharing a class** (Eqs. 3–6).
-* Whether the masks cover more of the objects than CAMs has to be judged **at equal precision**: a
-  higher recall at a lower precision is the threshold talking, not the method (§7.2).
-* With the official **saliency override** the saliency map decides the foreground and the masks only
-  the class (Eq. 10), so the saliency map's errors become the pseudo-labels' errors (§8).
-
-What this run found:
-""")
-
-code(r"""
+# %%
 def compare(a, b, tol=0.02, more="more", fewer="fewer", same="about as many"):
     return more if a - b > tol else fewer if b - a > tol else same
 
@@ -1098,14 +1031,12 @@ if sal_report is not None:
                  if cam_sal_report["miou"] > sal_report["miou"] else
                  "EDAM's masks combine better with it than the CAMs do."))
 display(Markdown("\n".join(lines)))
-""")
 
-md(r"""
-The numbers of this run next to the official ones (toy data, tiny CNN, CPU — compare the pattern,
-not the absolute values):
-""")
+# %% [markdown]
+# The numbers of this run next to the official ones (toy data, tiny CNN, CPU — compare the pattern,
+# not the absolute values):
 
-code(r"""
+# %%
 PAPER = [("CAM baseline (PSA, ResNet-38)", "48.0"), ("EDAM masks, no CRF, no saliency", "52.83"),
          ("EDAM + dense CRF", "58.61"), ("EDAM + CRF + saliency (PoolNet)", "68.11"),
          ("DeepLab-v2 on EDAM labels, VOC val / test", "70.96 / 70.60")]
@@ -1122,31 +1053,25 @@ display(Markdown("| pseudo-labels, mIoU (%) | official (README; VOC 2012 train) 
                  + "\n".join(rows_)))
 print(f"EDAM training: {train_seconds:.0f} s (+ {train_seconds_nc:.0f} s for the ablation) on {engine.select_device(DEVICE)}; "
       f"{len(eval_ds)} images, {cfg.train.epochs} epochs of {len(pairs)} pairs; the official run: 4 V100 GPUs")
-""")
 
-md(r"""
-Notes on the comparison. The official figures are pseudo-label mIoU on PASCAL VOC 2012 *train*
-from the repository's README; the CAM baseline is PSA's (notebook 01). The paper reports its best
-pseudo-labels *with* a dense CRF ($t = 3$ iterations, PSA's parameters, background
-$(1 - \max_c M_c)^1$) before the saliency override; we leave the CRF out because `pydensecrf2` is
-optional in this project — notebook 02 shows a dense CRF on these scenes. The saliency maps here
-are the toy scenes' detector stand-in (its quality is printed in §7.1), not PoolNet.
-
-What the toy data can and cannot show. Its objects are built so that **only the badge tells the
-class**: every body — and every badge-less distractor — is drawn from one distribution shared by all
-classes (notebook 00). That is what makes CAMs stop at the badge. The attention of §6.2 can still be
-class-specific, because its tokens are the class-specific features $F_c = z \odot m_c$ (Eq. 2): a
-token where $m_c = 0$ carries nothing but its position and segment embeddings, so class $c$'s
-transformer sees, in both images, only where $m_c$ already responds — the cross-image attention
-can sharpen what the mask finds, but it has no class-specific body appearance to find more with.
-What two images of a class *do* share beyond their badges is their context (boats on water in both,
-trains on rails); compare the context leak with and without the CMA in §7.1. Exercise 4 asks what a
-scene would need for EDAM's mechanism to pay off.
-
-Next: **05 · EPS** uses saliency as a *training* signal rather than an inference-time override, and
-**06** trains a segmentation network on these pseudo-labels (`pseudo_labels/`, `pseudo_labels_sal/`).
-""")
-
-
-if __name__ == "__main__":
-    NB.write()
+# %% [markdown]
+# Notes on the comparison. The official figures are pseudo-label mIoU on PASCAL VOC 2012 *train*
+# from the repository's README; the CAM baseline is PSA's (notebook 01). The paper reports its best
+# pseudo-labels *with* a dense CRF ($t = 3$ iterations, PSA's parameters, background
+# $(1 - \max_c M_c)^1$) before the saliency override; we leave the CRF out because `pydensecrf2` is
+# optional in this project — notebook 02 shows a dense CRF on these scenes. The saliency maps here
+# are the toy scenes' detector stand-in (its quality is printed in §7.1), not PoolNet.
+#
+# What the toy data can and cannot show. Its objects are built so that **only the badge tells the
+# class**: every body — and every badge-less distractor — is drawn from one distribution shared by all
+# classes (notebook 00). That is what makes CAMs stop at the badge. The attention of §6.2 can still be
+# class-specific, because its tokens are the class-specific features $F_c = z \odot m_c$ (Eq. 2): a
+# token where $m_c = 0$ carries nothing but its position and segment embeddings, so class $c$'s
+# transformer sees, in both images, only where $m_c$ already responds — the cross-image attention
+# can sharpen what the mask finds, but it has no class-specific body appearance to find more with.
+# What two images of a class *do* share beyond their badges is their context (boats on water in both,
+# trains on rails); compare the context leak with and without the CMA in §7.1. Exercise 4 asks what a
+# scene would need for EDAM's mechanism to pay off.
+#
+# Next: **05 · EPS** uses saliency as a *training* signal rather than an inference-time override, and
+# **06** trains a segmentation network on these pseudo-labels (`pseudo_labels/`, `pseudo_labels_sal/`).
