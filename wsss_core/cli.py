@@ -101,6 +101,8 @@ def _cmd_segment(a) -> int:
 
 
 def main(argv=None) -> int:
+    from .profiles import PROFILE_NAMES
+
     ap = argparse.ArgumentParser(prog="wsss", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
     d.set_defaults(fn=_cmd_data)
 
     c = sub.add_parser("cam", help="the CAM stage: classifier, CAMs, pseudo-labels, metrics")
-    c.add_argument("--profile", default="tutorial", choices=["smoke", "tutorial", "paper"])
+    c.add_argument("--profile", default="tutorial", choices=PROFILE_NAMES)
     c.add_argument("--out", required=True)
     c.add_argument("--data-root")
     c.add_argument("--epochs", type=int)
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     c.set_defaults(fn=_cmd_cam)
 
     g = sub.add_parser("segment", help="train DeepLab on a pseudo-label folder (or the true masks), val mIoU")
-    g.add_argument("--profile", default="tutorial", choices=["smoke", "tutorial", "paper"])
+    g.add_argument("--profile", default="tutorial", choices=PROFILE_NAMES)
     g.add_argument("--labels", help="folder of <id>.png pseudo-labels for the training split (default: true masks)")
     g.add_argument("--out", required=True)
     g.add_argument("--data-root")
