@@ -169,3 +169,22 @@ def test_study_figure_reads_value_and_provenance(tmp_path):
     assert f == {"value": 0.5, "made_by": "older run", "made_on": "2026-12-03", "profile": "study"}
     assert lesson.study_figure("04_x_study", "absent", path=p)["value"] is None
     assert lesson.study_figure("04_x_study", "k", path=tmp_path / "none.json")["value"] is None
+
+
+def test_lesson_budget_benchmark_reads_a_summary():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lesson_budget", Path(__file__).parents[1] / "benchmarks" / "lesson_budget.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    summary = {"profile": "tutorial", "notebooks": [
+        {"notebook": "01_x", "ok": True, "seconds": 250.0, "metrics": {"seconds_total": 249.0}},
+        {"notebook": "06_segmentation_and_comparison", "ok": True, "seconds": 400.0, "metrics": {}},
+        {"notebook": "02_y", "ok": True, "seconds": 301.0, "metrics": None},
+        {"notebook": "04_z_study", "ok": True, "seconds": 9999.0, "metrics": None}]}
+    got = mod.lesson_budget(summary)
+    assert got["total_s"] == 951.0  # the study notebook has no budget and is not counted
+    nb = got["notebooks"]
+    assert nb["01_x"]["within_budget"] and nb["01_x"]["seconds_total"] == 249.0
+    assert nb["06_segmentation_and_comparison"]["within_budget"]  # 400 s ≤ its own 480 s
+    assert not nb["02_y"]["within_budget"] and not got["within_budget"]
