@@ -51,6 +51,15 @@ baselines: $(STAMP)
 data: $(STAMP)
 	$(PY) -m wsss_core.data.toyscenes --out data/toy/tutorial --profile tutorial
 
+# the explorers in a real browser: JupyterLab + Debian's chromium driven by Playwright (tests/browser); the
+# seconds from a control change to the new figure → runs/browser/widget_latency.json (copy: $$WSSS_BROWSER_BENCH)
+test-browser: $(STAMP)
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "test-browser: skipped: no chromium on PATH (Debian: apt-get install chromium; Playwright's own browser download is not used)"; \
+	  exit 0; fi; \
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q -e ".[browser]"; \
+	$(PY) -m pytest -m browser tests/browser -q
+
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 

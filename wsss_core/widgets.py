@@ -149,6 +149,35 @@ def _release(fig) -> None:
             pass
 
 
+def _displayable(fig):
+    """What to ``display`` for ``fig``: the figure itself where IPython has an image formatter for it
+    (matplotlib's inline backend is active: ``%matplotlib inline``, or a pyplot figure was made), else
+    a PNG :class:`IPython.display.Image` of it. Without that, a notebook that never activated the
+    inline backend (no ``%matplotlib inline``, only ``matplotlib.figure.Figure``) would show the
+    explorer's figure as the text ``<Figure size ... with N Axes>`` (seen in JupyterLab)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        return fig
+    if not isinstance(fig, Figure):
+        return fig
+    from IPython import get_ipython
+
+    ip = get_ipython()
+    if ip is not None:
+        for mime in ("image/png", "image/svg+xml"):
+            formatter = ip.display_formatter.formatters.get(mime)
+            try:
+                if formatter is not None and formatter.lookup(fig) is not None:
+                    return fig
+            except KeyError:
+                pass
+    from IPython.core.pylabtools import print_figure
+    from IPython.display import Image
+
+    return Image(data=print_figure(fig, "png", bbox_inches="tight"))  # as the inline backend draws it
+
+
 def explore(render: Callable[..., Any], interactive: bool | None = None, **controls):
     """Draw ``render(**defaults)`` now, and in a live kernel add controls that re-render it.
 
@@ -186,7 +215,7 @@ def explore(render: Callable[..., Any], interactive: bool | None = None, **contr
         return fig
     from IPython.display import HTML, display
 
-    handle = display(fig, display_id=True)
+    handle = display(_displayable(fig), display_id=True)
     if not live:
         return fig
     try:
@@ -211,7 +240,7 @@ def explore(render: Callable[..., Any], interactive: bool | None = None, **contr
             try:
                 f = render(**vals)
                 _release(f)
-                display(f)
+                display(_displayable(f))
             except Exception as e:  # show the error in the output area, keep the controls alive
                 print(f"render({vals}) failed: {type(e).__name__}: {e}")
         if not state["blanked"] and handle is not None:
