@@ -89,12 +89,10 @@ def setup(notebook: str, profile: str, out_dir, data_root=None, device: str = "a
 
     profiles.check_profile(profile)
     engine.seed_everything(int(seed))
-    try:
-        import matplotlib.pyplot as plt
+    _inline_figures()
+    import matplotlib.pyplot as plt
 
-        plt.rcParams.update(STYLE)
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        pass
+    plt.rcParams.update(STYLE)
     data = profiles.prepare_data(profile, data_root, toy_overrides=toy_overrides)
     out = Path(out_dir) / notebook
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +108,18 @@ def setup(notebook: str, profile: str, out_dir, data_root=None, device: str = "a
         print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
               f"wsss_core {wsss_core.__version__}")
     return L
+
+
+def _inline_figures() -> None:
+    """In a Jupyter kernel, ``%matplotlib inline``: figures (and the explorers' live figures) render as images
+    rather than as ``<Figure size ...>`` text. Outside IPython (scripts, tests) nothing changes."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return
+    ip = get_ipython()
+    if ip is not None and getattr(ip, "kernel", None) is not None:
+        ip.run_line_magic("matplotlib", "inline")
 
 
 def finish(L: Lesson, metrics: dict) -> Path:
