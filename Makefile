@@ -10,13 +10,14 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.wsss-installed
 RUNS       ?= runs
+COURSE     ?= course/nbgrader_config.py
 
-.PHONY: setup test tutorial study smoke baselines lab bench data clean sync-notebooks test-browser
+.PHONY: setup test tutorial study smoke baselines lab bench data clean sync-notebooks test-browser assignments grade grade-usage
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev,crf]"
+	$(PY) -m pip install -q -e ".[dev,crf,course]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -65,6 +66,17 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cam_stage.py --profile tutorial
+
+# course edition (nbgrader, local; TEACHING.md): the student release of the lessons named in $(COURSE) →
+# $(RUNS)/course/release/; grading DIR/<student>/<assignment>/<notebook>.ipynb → $(RUNS)/course/grades/
+assignments: $(STAMP)
+	$(PY) course/build.py assignments --config $(COURSE) --root $(RUNS)/course
+
+grade: $(if $(SUBMISSIONS),$(STAMP),grade-usage)
+	$(PY) course/build.py grade --config $(COURSE) --root $(RUNS)/course --submissions $(SUBMISSIONS)
+
+grade-usage:
+	@echo "usage: make grade SUBMISSIONS=DIR  (DIR/<student>/<assignment>/<notebook>.ipynb)"; exit 2
 
 clean:
 	rm -rf $(RUNS) data/toy
