@@ -347,3 +347,42 @@ def test_save_load_dotted_name(tmp_path):
     save_cams(tmp_path / "frame.0001", cams, [1, 0])
     got, lab = load_cams(tmp_path / "frame.0001")
     assert lab.tolist() == [1, 0]
+
+
+def test_alpha_to_threshold_is_the_root_and_gives_the_same_labels():
+    from wsss_core.cams import alpha_to_threshold
+
+    for alpha in (1.0, 4.0, 16.0, 32.0):
+        t = alpha_to_threshold(alpha)
+        assert abs((1 - t) ** alpha - t) < 1e-9
+    assert abs(alpha_to_threshold(1.0) - 0.5) < 1e-12
+    rng = np.random.default_rng(0)
+    cams = rng.random((3, 20, 20)).astype(np.float32)
+    label = np.array([1, 0, 1], np.float32)
+    a = cams_to_labels(cams, label, alpha=16.0)
+    b = cams_to_labels(cams, label, threshold=alpha_to_threshold(16.0))
+    assert (a == b).mean() > 0.999
+    with pytest.raises(ValueError):
+        alpha_to_threshold(0.0)
+
+
+def test_numpy_and_torch_branches_agree():
+    "with_background / cams_to_labels on numpy run without torch; labels must equal the torch branch's."
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        C = int(rng.integers(1, 7))
+        cams = rng.random((C, 9, 11)).astype(np.float32)
+        if trial % 3 == 0:
+            cams = np.round(cams * 4) / 4          # ties between classes and with the background
+        lab = (rng.random(C) > 0.4).astype(np.float32)
+        for kw in ({"threshold": 0.25}, {"alpha": 16.0}):
+            a = cams_to_labels(cams, lab, **kw)
+            b = cams_to_labels(torch.from_numpy(cams), torch.from_numpy(lab), **kw).numpy()
+            assert a.dtype == np.int64 and np.array_equal(a, b)
+            x = with_background(cams, lab, **kw)
+            assert isinstance(x, np.ndarray)
+            assert np.allclose(x, with_background(torch.from_numpy(cams), torch.from_numpy(lab), **kw).numpy(),
+                               rtol=1e-6, atol=1e-7)
+    batch = rng.random((3, 4, 8, 8)).astype(np.float32)
+    assert np.array_equal(cams_to_labels(batch, None, threshold=0.3),
+                          cams_to_labels(torch.from_numpy(batch), None, threshold=0.3).numpy())

@@ -159,3 +159,20 @@ def test_explore_interactive_detection(monkeypatch):
         widgets.control_defaults(a=(0, 5, 1, 9))
     with pytest.raises(ValueError, match="tuple"):
         widgets.control_defaults(a=("x", "y"))
+
+
+def test_outline_error_map_region_overlay():
+    from wsss_core import viz
+
+    img = np.zeros((6, 7, 3), np.uint8)
+    m = np.zeros((6, 7), bool)
+    m[1:5, 2:6] = True
+    out = viz.outline(img, m, colour=(255, 0, 0))
+    drawn = (out == (255, 0, 0)).all(-1)
+    assert drawn[1, 2] and drawn[4, 5] and not drawn[2, 3] and not drawn[0, 0]   # the rim, not the inside
+    assert (drawn <= m).all()
+    mask = np.array([[0, 1, 255]], np.uint8)
+    e = viz.error_map(np.full((1, 3, 3), 100, np.uint8), np.array([[True, False, True]]), mask)
+    assert tuple(e[0, 0]) == (230, 40, 40) and tuple(e[0, 1]) == (40, 90, 255) and tuple(e[0, 2]) == (35, 35, 35)
+    t = viz.region_overlay(np.zeros((1, 2, 3), np.uint8), np.array([[0, 1]]), {1: (200, 100, 0)}, alpha=0.5)
+    assert tuple(t[0, 0]) == (0, 0, 0) and tuple(t[0, 1]) == (100, 50, 0)

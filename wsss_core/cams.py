@@ -86,6 +86,24 @@ def background_power(cams: torch.Tensor | np.ndarray, alpha: float):
     return torch.pow(1.0 - m, alpha)
 
 
+def alpha_to_threshold(alpha: float, iterations: int = 60) -> float:
+    """The constant background that PSA's power rule amounts to for the arg-max: the root
+    ``θ(α)`` of ``(1 − θ)^α = θ`` (bisection on [0, 1]).
+
+    A pixel with ``m = max_c M_c`` is background under :func:`background_power` exactly when
+    ``(1 − m)^α ≥ m``, and ``(1 − m)^α − m`` decreases in ``m``: so :func:`cams_to_labels` with
+    ``alpha=α`` and with ``threshold=θ(α)`` give the same labels (up to float rounding at the
+    boundary). θ(4) ≈ 0.276, θ(16) ≈ 0.123, θ(32) ≈ 0.077.
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha must be positive, got {alpha}")
+    lo, hi = 0.0, 1.0
+    for _ in range(int(iterations)):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (1 - mid) ** alpha > mid else (lo, mid)
+    return (lo + hi) / 2
+
+
 def with_background(cams, label=None, *, threshold: float | None = 0.2, alpha: float | None = None):
     """Stack a background score in front of the class maps: (C, H, W) → (C + 1, H, W).
 
@@ -94,6 +112,8 @@ def with_background(cams, label=None, *, threshold: float | None = 0.2, alpha: f
     ``label`` (C,) are set to −1 so they can never win an arg-max.
     """
     is_np = isinstance(cams, np.ndarray)
+    if is_np:  # numpy in, numpy out, without torch: per-image label making stays cheap on a busy CPU
+        return _with_background_np(cams, label, threshold, alpha)
     t = torch.as_tensor(cams, dtype=torch.float32)
     present = None
     if label is not None:
@@ -109,6 +129,23 @@ def with_background(cams, label=None, *, threshold: float | None = 0.2, alpha: f
         t = torch.where(present, t, torch.full_like(t, -1.0))
     out = torch.cat([bg.unsqueeze(-3), t], dim=-3)
     return out.numpy() if is_np else out
+
+
+def _with_background_np(cams, label, threshold, alpha) -> np.ndarray:
+    "The numpy branch of :func:`with_background` (float32, the same values as the torch branch)."
+    t = np.asarray(cams, dtype=np.float32)
+    present = None
+    if label is not None:
+        present = np.asarray(label).astype(bool).reshape(np.shape(label) + (1, 1))
+    if alpha is not None:
+        bg = background_power(t if present is None else t * present, alpha).astype(np.float32)
+    elif threshold is not None:
+        bg = np.full(t.shape[:-3] + t.shape[-2:], float(threshold), np.float32)
+    else:
+        raise ValueError("give a background threshold or an alpha")
+    if present is not None:
+        t = np.where(present, t, np.float32(-1.0))
+    return np.concatenate([bg[..., None, :, :], t], axis=-3)
 
 
 def cams_to_labels(cams, label=None, *, threshold: float | None = 0.2, alpha: float | None = None):

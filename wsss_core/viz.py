@@ -366,3 +366,59 @@ def bar_table(values: Mapping[str, float], ax=None, title: str | None = None, fm
         ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     return ax
+
+
+# --------------------------------------------------------------------------------------------------
+# image helpers of notebooks 00 and 01 (outlines, error maps, region tints)
+# --------------------------------------------------------------------------------------------------
+def outline(image, mask, colour=(255, 255, 255)) -> np.ndarray:
+    """A copy of ``image`` with the 1-px inner outline of the ``(H, W)`` bool ``mask`` drawn in ``colour``
+    (the mask's pixels with one of their 8 neighbours outside it; outside the image counts as outside).
+
+    Returns
+    -------
+    (H, W, 3) uint8
+    """
+    out = as_image(image).copy()
+    m = _np(mask).astype(bool)
+    p = np.pad(m, 1, constant_values=False)
+    H, W = m.shape
+    inner = np.ones_like(m)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            inner &= p[dy:dy + H, dx:dx + W]
+    out[m & ~inner] = colour
+    return out
+
+
+def error_map(image, pred, mask, dim: float = 0.35) -> np.ndarray:
+    """A binary foreground prediction against the foreground of a label map, as colours:
+    red = predicted but background (over-estimation), blue = object but not predicted
+    (under-estimation), grey = right; everything else (and label 255) the image dimmed by ``dim``.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8
+    pred : (H, W) bool, the predicted foreground
+    mask : (H, W) int label map (0 background, 1..C objects, 255 ignored)
+    """
+    out = (dim * as_image(image)).astype(np.uint8)
+    mask = _np(mask)
+    valid = mask != IGNORE
+    fg, pred = (mask > 0) & valid, _np(pred).astype(bool) & valid
+    out[pred & ~fg] = (230, 40, 40)
+    out[~pred & fg] = (40, 90, 255)
+    out[pred & fg] = (200, 200, 200)
+    return out
+
+
+def region_overlay(image, regions, colours: Mapping[int, Sequence[int]], alpha: float = 0.6) -> np.ndarray:
+    """Tint the pixels of each region id ``k`` of the ``(H, W)`` int map ``regions`` with ``colours[k]``
+    (RGB 0..255) at opacity ``alpha``; ids without a colour (0 included) are left as they are. For maps
+    whose ids are not classes, e.g. the toy scenes' context regions (water, rails)."""
+    out = as_image(image).astype(np.float32)
+    regions = _np(regions)
+    for k, rgb in colours.items():
+        sel = regions == k
+        out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(rgb, np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

@@ -287,6 +287,8 @@ def write_metrics(path, metrics: dict) -> Path:
 NOTEBOOK = "01_class_activation_maps"
 """The notebook (and OUT_DIR sub-folder) that owns this stage's artifacts."""
 
+REPORT_NAME = "cam_report.json"
+
 _RUN_FREE = ("device", "progress", "num_workers", "checkpoint_dir", "resume", "desc")
 
 
@@ -370,7 +372,7 @@ def run(cfg: CAMStageConfig, data, out_dir, progress: bool = True) -> CAMStageRe
     ev = evaluation_dataset(data.root, data.train_split, cfg)
     cam_dir, label_dir = out_dir / "cams", out_dir / "pseudo_labels"
     ensure_cams(model, ev, cam_dir, cfg, ckpt.name, progress=progress)
-    report_path = out_dir / "cam_report.json"
+    report_path = out_dir / REPORT_NAME
     report = None
     if report_path.is_file():
         stored = json.loads(report_path.read_text())
@@ -380,7 +382,116 @@ def run(cfg: CAMStageConfig, data, out_dir, progress: bool = True) -> CAMStageRe
         report = evaluate_cams(cam_dir, ev, cfg, data.context_pairs)
         for p in label_dir.glob("*.png"):
             p.unlink()
-        write_metrics(report_path, {"source": ckpt.name, "report": report})
+        save_report(out_dir, ckpt.name, report)
     if len(list(label_dir.glob("*.png"))) != len(ev):
         save_pseudo_labels(cam_dir, ev, label_dir, threshold=report["best_threshold"], progress=progress)
     return CAMStageResult(model, cfg, ckpt, cam_dir, label_dir, report, ev, val_map)
+
+
+def save_report(out_dir, classifier_name: str, report: dict) -> Path:
+    """Write ``out_dir/cam_report.json`` — :func:`evaluate_cams`'s report and the classifier (checkpoint
+    folder name) whose CAMs it scored — so that :func:`run` (the later notebooks) reuses it instead of
+    evaluating the same CAMs again."""
+    return write_metrics(Path(out_dir) / REPORT_NAME, {"source": classifier_name, "report": report})
+
+
+# ------------------------------------------------------------------------------------------------
+# what notebook 01 measures beyond evaluate_cams (and its study notebook)
+# ------------------------------------------------------------------------------------------------
+
+def score_cams(cam_dir, dataset, cfg: CAMStageConfig, context_pairs=None, best_threshold: float | None = None,
+               alpha: float = 16.0, peak_px: float = 4.0, progress: bool = False) -> dict:
+    """One pass over the CAMs of ``dataset`` for the figures of notebook 01 §7–8.
+
+    Returns a dict with
+
+    * ``fixed``, ``alpha`` — :class:`~wsss_core.evaluation.LabelMapEvaluator` summaries of the
+      pseudo-labels at the constant ``cfg.eval_threshold`` (Eq. 5a) and PSA's power rule with ``alpha``
+      (Eq. 5b);
+    * ``thresholds``, ``miou``, ``fg_precision``, ``fg_recall`` — arrays over ``cfg.thresholds``
+      (class-aware foreground precision / recall of every threshold of the sweep);
+    * ``peak_on_badge`` — the share of present-class CAMs whose maximum lies within ``peak_px`` pixels
+      of a badge (``part_mask``) of that class (NaN without part masks);
+    * ``leak_example`` — per context pair, the index of the image (labelled with the class) whose
+      pseudo-label at ``best_threshold`` gives the class the most context pixels (None if none does).
+    """
+    import cv2
+    from tqdm.auto import tqdm
+
+    C = dataset.num_classes
+    pairs = dict(context_pairs or {})
+    th = np.asarray(cfg.thresholds, np.float32)
+    best = cfg.eval_threshold if best_threshold is None else float(best_threshold)
+    ev_fixed = LabelMapEvaluator(C, pairs, dataset.class_names)
+    ev_alpha = LabelMapEvaluator(C, pairs, dataset.class_names)
+    mats = np.zeros((len(th), C + 1, C + 1), np.int64)
+    peak_dist, leak = [], {name: (None, 0) for name in pairs}
+    for i in tqdm(range(len(dataset)), desc="score CAMs", disable=not progress):
+        raw = dataset.get_raw(i)
+        cams, label = load_cams(Path(cam_dir) / f"{raw['id']}.npz")
+        ev_fixed.update_from_sample(cams_to_labels(cams, label, threshold=cfg.eval_threshold), raw)
+        ev_alpha.update_from_sample(cams_to_labels(cams, label, alpha=alpha), raw)
+        mats += threshold_sweep([(cams, label, raw["mask"])], C, th)
+        if "part_mask" in raw:
+            for c in np.flatnonzero(label):
+                badge = raw["part_mask"] == c + 1
+                if badge.any():
+                    dist = cv2.distanceTransform((~badge).astype(np.uint8), cv2.DIST_L2, 5)
+                    peak_dist.append(float(dist.flat[np.argmax(cams[c])]))
+        if pairs and "context_mask" in raw:
+            pl = cams_to_labels(cams, label, threshold=best)
+            for name, (c, k) in pairs.items():
+                n = int(((raw["context_mask"] == k) & (raw["mask"] == 0) & (pl == c)).sum()) if label[c - 1] else 0
+                if n > leak[name][1]:
+                    leak[name] = (i, n)
+    tp = np.stack([np.diag(m)[1:].sum() for m in mats])
+    return {"fixed": ev_fixed.summary(), "alpha": ev_alpha.summary(), "thresholds": th,
+            "miou": miou_from_confusion(mats),
+            "fg_precision": tp / np.maximum(mats[:, :, 1:].sum(axis=(1, 2)), 1),
+            "fg_recall": tp / np.maximum(mats[:, 1:, :].sum(axis=(1, 2)), 1),
+            "peak_on_badge": float(np.mean(np.asarray(peak_dist) <= peak_px)) if peak_dist else float("nan"),
+            "leak_example": {name: v[0] for name, v in leak.items()}}
+
+
+CONTEXT_REGIONS = ("object", "context, near", "context, far", "ordinary bg, near", "ordinary bg, far")
+"""The regions of :func:`context_activation`: the class's own pixels, then its context region and the
+ordinary background (neither object nor any context), each split into near / far from every object."""
+
+
+def context_activation(cam_dir, dataset, context_pairs, far_px: float = 12.0) -> dict:
+    """The class CAM's values on the regions of :data:`CONTEXT_REGIONS`, in the images labelled with the
+    class and holding its context: ``{pair: {"images": n, "example": index, "values": {region: 1-D array}}}``.
+
+    *Far* means more than ``far_px`` pixels from every object (and 255) pixel, so that the CAM's value
+    there cannot be the blur of the coarse feature grid around an object: a class CAM higher on far
+    context than on far ordinary background means the classifier has learned the context itself as
+    evidence. ``example`` is the image with the most CAM mass on far context.
+    """
+    import cv2
+
+    out = {}
+    for pair, (c, k) in dict(context_pairs or {}).items():
+        vals = {r: [] for r in CONTEXT_REGIONS}
+        best_i, best_mass, n_img = None, -1.0, 0
+        for i in range(len(dataset)):
+            raw = dataset.get_raw(i)
+            if not raw["label"][c - 1]:
+                continue
+            ctx = raw["context_mask"] == k
+            if not ctx.any():
+                continue
+            n_img += 1
+            m = load_cams(Path(cam_dir) / f"{raw['id']}.npz")[0][c - 1]
+            bg = raw["mask"] == 0
+            far = cv2.distanceTransform(bg.astype(np.uint8), cv2.DIST_L2, 5) > far_px
+            plain = raw["context_mask"] == 0
+            sel = {"object": raw["mask"] == c, "context, near": ctx & bg & ~far, "context, far": ctx & bg & far,
+                   "ordinary bg, near": plain & bg & ~far, "ordinary bg, far": plain & bg & far}
+            for r in CONTEXT_REGIONS:
+                vals[r].append(m[sel[r]])
+            mass = float(m[sel["context, far"]].sum())
+            if mass > best_mass:
+                best_i, best_mass = i, mass
+        out[pair] = {"images": n_img, "example": best_i,
+                     "values": {r: np.concatenate(v) if v else np.zeros(0, np.float32) for r, v in vals.items()}}
+    return out
