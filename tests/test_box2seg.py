@@ -522,3 +522,53 @@ def test_attention_by_grabcut_error_by_hand(tmp_path, monkeypatch):
     assert got["background_left"]["pixels"] == 1 and got["background_left"]["attention"] == pytest.approx(0.05)
     with pytest.raises(ValueError, match="attention head"):
         S.attention_by_grabcut_error(build_segnet("compact", {"width": 8, "output_stride": 8}, 2, channels=8), One(), tmp_path)
+    # the per-box record of the same pass: mean attention on the box's own pixels, GrabCut's ρ, the truth's
+    rep = S.attention_report(model, One(), tmp_path, flags={0: [{"camouflaged": 1}]})
+    assert rep["by_error"] == got and rep["n_images"] == 1
+    (box,) = rep["boxes"]
+    assert box["attention"] == pytest.approx((0.6 + 0.8 + 0.9 + 0.1 + 0.05) / 5)
+    assert box["rho"] == pytest.approx(3 / 5) and box["true_fill"] == pytest.approx(3 / 5)
+    assert box["category"] == "camouflaged" and box["cls"] == 2
+
+
+def test_run_settings_trains_two_at_once_then_reuses(toy, tmp_path):
+    from wsss_core.profiles import DataSpec
+    from wsss_core.stages import box2seg as S
+
+    root, pairs = toy
+    cfg = _tiny_cfg().replace(train_workers=2)
+    sd = S.prepare(cfg, DataSpec("toy", root, context_pairs=pairs), tmp_path, progress=False)
+    res = S.run_settings(["grabcut_ce", "box2seg"], cfg, sd, tmp_path, progress=False)   # two worker processes
+    assert list(res) == ["grabcut_ce", "box2seg"] and not any(r.reused for r in res.values())
+    for n, r in res.items():
+        assert r.checkpoint_dir == S.setting_checkpoint(n, cfg, sd, tmp_path)
+        assert len(r.history.epochs) == 2 and (r.checkpoint_dir / "val.json").is_file() and 0 <= r.val["miou"] <= 1
+    assert "awl" in res["box2seg"].history.epochs[0] and "awl" not in res["grabcut_ce"].history.epochs[0]
+    again = S.run_settings(["box2seg", "grabcut_ce"], cfg, sd, tmp_path, progress=False)
+    assert all(r.reused for r in again.values()) and again["box2seg"].val == res["box2seg"].val
+    for p1, p2 in zip(res["box2seg"].model.parameters(), again["box2seg"].model.parameters()):
+        assert torch.equal(p1, p2)
+    # one setting left to train, or workers=1: in this process (same folders)
+    one = S.run_settings(["box_ce", "grabcut_ce"], cfg, sd, tmp_path, workers=1, progress=False)
+    assert not one["box_ce"].reused and one["grabcut_ce"].reused
+
+
+def test_grabcut_report_and_pick_examples(toy, tmp_path):
+    from wsss_core.profiles import DataSpec
+    from wsss_core.stages import box2seg as S
+
+    root, pairs = toy
+    cfg = _tiny_cfg()
+    sd = S.prepare(cfg, DataSpec("toy", root, context_pairs=pairs), tmp_path, progress=False)
+    raw = S.raw_dataset(root, "train", instances=True)
+    flags = {i: S.object_flags(raw, i) for i in range(len(raw))}
+    rep = S.grabcut_report(raw, sd.gc_dir, sd.gc_manifest["fill"], flags)
+    assert rep["box"]["take_rate"] == pytest.approx(1.0)          # a filled box takes all its background
+    assert 0 < rep["grabcut"]["miou"] <= 1 and rep["grabcut"]["take_rate"] < 1
+    assert rep["by_category"]["all"]["n"] == len(rep["objects"]) == sum(len(raw.get_raw(i)["boxes"]) for i in range(len(raw)))
+    assert all("fill" in o for o in rep["objects"])
+    pick = S.pick_examples(4, len(raw), np.random.default_rng(0), flags)
+    assert len(pick) == 4 == len(set(pick)) and pick == sorted(pick)
+    if any(f.get("camouflaged") for fl in flags.values() for f in fl):
+        assert any(any(f.get("camouflaged") for f in flags[i]) for i in pick)
+    assert S.pick_examples(3, 2, np.random.default_rng(0)) == [0, 1]

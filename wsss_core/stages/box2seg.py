@@ -33,6 +33,7 @@ full_awl       the same                             B2, B3 (ρ from GrabCut)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -60,6 +61,20 @@ from ..models.segnet import SegNet, build_segnet
 
 NOTEBOOK = "04_box2seg"
 """The notebook (and OUT_DIR sub-folder) that owns this stage's artifacts."""
+
+DESCRIPTIONS = {"box_ce": "filled boxes + CE", "grabcut_ce": "GrabCut + CE", "box2seg": "Box2Seg (all terms)",
+                "box2seg_no_fill": "Box2Seg without filling rate", "box2seg_no_emb": "Box2Seg without embeddings",
+                "box2seg_no_awl": "Box2Seg without attention (CE + embeddings)", "mask_ce": "true masks + CE",
+                "box2seg_class_rho": "Box2Seg, per-class filling rate (ours)",
+                "full_ce": "masks with missing objects + CE", "full_awl": "masks with missing objects + attention loss"}
+"""A short description of every setting of :func:`setting`, for tables."""
+
+ALL_SETTINGS = ("box_ce", "grabcut_ce", "box2seg", "box2seg_no_fill", "box2seg_no_emb", "box2seg_class_rho",
+                "full_ce", "full_awl")
+"""The settings of the ``study`` preset (notebook 04's study: ablations, our change, missing annotations)."""
+
+TUTORIAL_SETTINGS = ("grabcut_ce", "box2seg")
+"""What the lesson (notebook 04 at ``tutorial``) trains; ``study`` trains every setting of the preset."""
 
 TARGETS = ("box", "grabcut", "mask", "mask_missing")
 GATES = ("off", "background", "object", "both")
@@ -211,6 +226,14 @@ class Box2SegStageConfig(StageConfig):
         toy scenes whose boxes hold background as on photos (legged bodies, cast shadows), so GrabCut takes
         box background about as often as on the GrabCut benchmark; empty = no such run (paper profile).
     photo_like_settings : the settings trained on them (same network, schedule and backbone as the rest).
+    train_workers : :func:`run_settings` trains up to this many settings at once, each in its own process
+        with one torch thread (CPU only; None or 1 = one after the other in this process). Not part of
+        any fingerprint.
+    torch_threads : torch's intra-op threads while :func:`run_setting` trains and scores a network in this
+        process (restored afterwards; None = leave them). The CPU presets use 1: with the cores shared
+        (other programs, or the second worker of :func:`run_settings`) two threads on these small
+        convolutions were up to 16× slower than one (notebook 04's profile, see :func:`config_for_profile`).
+        Not part of any fingerprint.
     profile : the profile the preset came from (:func:`config_for_profile`); :func:`run` uses it to find
         notebook 01's CAM classifier config (``profiles.cam_config(profile)``) when ``seg.backbone_init``
         is ``"cam_classifier"``. It does not enter any fingerprint.
@@ -223,11 +246,12 @@ class Box2SegStageConfig(StageConfig):
         awl_weight=1.0, fill_weight=1.0, emb_weight=0.1, emb_pretrain_epochs=2, emb_radius=3.0))
     missing_share: float = 0.3
     missing_seed: int = 0
-    settings: tuple = ("box_ce", "grabcut_ce", "box2seg", "box2seg_no_fill", "box2seg_no_emb", "box2seg_class_rho",
-                       "full_ce", "full_awl")
+    settings: tuple = ALL_SETTINGS
     real: RealDataConfig = field(default_factory=RealDataConfig)
     photo_like: dict = field(default_factory=lambda: {"p_legged": 0.8, "p_shadow": 0.8})
     photo_like_settings: tuple = ("grabcut_ce", "box2seg")
+    train_workers: int | None = None
+    torch_threads: int | None = None
     profile: str | None = None
 
 
@@ -259,14 +283,24 @@ def config_for_profile(profile: str) -> Box2SegStageConfig:
     """Presets of :class:`Box2SegStageConfig`.
 
     * ``smoke``: 2 epochs of 2 iterations per setting on the 64 smoke scenes, 3 GrabCut photos, 8 + 4
-      horse photos for one epoch — proves the code path in seconds; its numbers mean nothing.
-    * ``tutorial``: CompactCNN (width 32, stride 8) started from notebook 01's CAM classifier + FPN/PPM
-      decoder at stride 4, 32 channels, trained for 8 epochs (Adam, one-cycle, lr 3e-3, batch 16) on the 1 000 toy training scenes; the
-      same seed and schedule for every setting. 8 epochs keep the notebook in minutes but are far from
-      converged: at 24 epochs every setting gains ≈ 0.05 mIoU, and only then does Box2Seg with
-      ``rho="class_mean"`` beat GrabCut + CE (notebook 04 §7.3, ``LONG_SCHEDULE``). Horses: 30 epochs on
-      crops of 144 px (photos resized to a longer side of 128–192 px; inference at 160 px, scored at full
-      size). Photo-like scenes (§7.6): ``photo_like = {"p_legged": 0.8, "p_shadow": 0.8}``.
+      horse photos for one epoch — proves the code path in seconds; its numbers mean nothing. Settings
+      :data:`TUTORIAL_SETTINGS` (the study notebook asks for :data:`ALL_SETTINGS` itself).
+    * ``study``: CompactCNN (width 32, stride 8) started from notebook 01's CAM classifier + FPN/PPM
+      decoder at stride 4, 32 channels, trained for 8 epochs (Adam, one-cycle, lr 3e-3, batch 16) on the
+      1 000 toy training scenes; the same seed and schedule for every setting of :data:`ALL_SETTINGS`.
+      8 epochs are far from converged: at 24 epochs every setting gains ≈ 0.05 mIoU, and only then does
+      Box2Seg with ``rho="class_mean"`` beat GrabCut + CE (notebook ``study/04_box2seg_study``). Horses:
+      30 epochs on crops of 144 px (photos resized to a longer side of 128–192 px; inference at 160 px,
+      scored at full size). Photo-like scenes: ``photo_like = {"p_legged": 0.8, "p_shadow": 0.8}``.
+      Two settings train at once (``train_workers=2``, one process and one torch thread each).
+    * ``tutorial`` (the lesson): the ``study`` preset with the settings the lesson shows,
+      :data:`TUTORIAL_SETTINGS` = GrabCut + CE and Box2Seg, trained side by side on two cores. The
+      network, schedule and seed are the study's, so both share checkpoints (and notebook 06 reuses the
+      lesson's GrabCut labels and Box2Seg network). Profiled on 2 shared cores: one training step
+      (batch 16) costs ≈ 0.14 s of CPU with GrabCut + CE and ≈ 0.17 s with Box2Seg's losses, of which the
+      backbone's forward and backward ≈ 0.12 s, the embedding terms ≈ 0.02 s and data loading (cached
+      images) ≈ 0.014 s; two torch threads per network made a step several times slower when the cores
+      were shared, one process per network does not.
     * ``paper``: what Box2Seg reports using — UPerNet-style decoder on ResNet-101 (ImageNet) at
       stride 4, VOC 2012 train_aug with GrabCut labels. The paper's optimisation hyper-parameters
       were not available to us: we use DeepLab's (SGD momentum 0.9, lr 0.01, poly 0.9, wd 1e-4,
@@ -284,10 +318,13 @@ def config_for_profile(profile: str) -> Box2SegStageConfig:
                                   crop_size=96, long_side=(96, 128), eval_long_side=112, channels=32,
                                   train=engine.TrainConfig(epochs=1, batch_size=4, lr=3e-3, optimizer="adam",
                                                            schedule="onecycle", desc="horses")))
-        return Box2SegStageConfig(seg=seg, real=real, grabcut_workers=2, profile=profile,
+        return Box2SegStageConfig(seg=seg, real=real, grabcut_workers=2, settings=TUTORIAL_SETTINGS, torch_threads=1,
+                                  profile=profile,
                                   box2seg=LossConfig(awl_weight=1.0, fill_weight=1.0, emb_weight=0.1, emb_pretrain_epochs=1))
-    if profile in ("tutorial", "study"):
-        return Box2SegStageConfig(profile=profile)
+    if profile == "tutorial":
+        return Box2SegStageConfig(settings=TUTORIAL_SETTINGS, train_workers=2, torch_threads=1, profile=profile)
+    if profile == "study":
+        return Box2SegStageConfig(train_workers=2, torch_threads=1, profile=profile)
     seg = SegConfig(
         backbone="resnet101", backbone_kwargs={"output_stride": 16, "weights": "imagenet"}, backbone_init=None, channels=256,
         decoder_stride=4, embed_dim=32, loss_stride=1, crop_size=512, scale=None, long_side=(320, 640),
@@ -637,11 +674,13 @@ def checkpoint_dir_for(name: str, target: str, loss: LossConfig, seg: SegConfig,
 
 
 def train_segmenter(name: str, target: str, loss: LossConfig, seg: SegConfig, train_ds: BoxSupervisionDataset,
-                    num_classes: int, checkpoint_dir=None, backbone_state: Mapping[str, torch.Tensor] | None = None):
+                    num_classes: int, checkpoint_dir=None, backbone_state: Mapping[str, torch.Tensor] | None = None,
+                    callbacks: Sequence[Any] = ()):
     """Train one setting with the shared engine (reloads a finished checkpoint); returns ``(model, history)``.
 
     ``backbone_state``: initial backbone weights (:func:`classifier_backbone`), loaded after the seeded
-    construction, so every setting starts from the same weights.
+    construction, so every setting starts from the same weights. ``callbacks``: more engine callbacks
+    (:func:`run_settings` reports progress from its worker processes with one).
     """
     engine.seed_everything(seg.train.seed)
     model = build_model(seg, num_classes, loss)
@@ -652,7 +691,8 @@ def train_segmenter(name: str, target: str, loss: LossConfig, seg: SegConfig, tr
         tcfg = tcfg.replace(checkpoint_dir=str(checkpoint_dir))
     phase = _Phase()
     history = engine.train(model, make_step(loss, seg, phase), train_ds, tcfg, collate_fn=collate_boxes,
-                           param_groups=lambda m: engine.unwrap(m).param_groups(seg.lr_mult_new), callbacks=[phase])
+                           param_groups=lambda m: engine.unwrap(m).param_groups(seg.lr_mult_new),
+                           callbacks=[phase, *callbacks])
     model.eval()
     return model, history
 
@@ -828,8 +868,23 @@ class SettingResult:
     reused: bool
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """``with torch_threads(1): ...`` runs the block with ``n`` torch intra-op threads and restores the
+    previous count (None: unchanged)."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg: SegConfig | None = None,
-                progress: bool = True) -> SettingResult:
+                progress: bool = True, callbacks: Sequence[Any] = ()) -> SettingResult:
     """Train (or reload) one setting and score it on the validation split; the score is cached in
     ``checkpoint_dir/val.json`` next to the checkpoint.
 
@@ -848,8 +903,9 @@ def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg:
     ckpt = checkpoint_dir_for(name, target, loss, seg, out_dir, extra)
     existed = (ckpt / engine.CHECKPOINT_NAME).is_file()
     t0 = time.perf_counter()
-    model, history = train_segmenter(name, target, loss, seg, training_dataset(sd.base, store, seg, loss.rho), sd.base.num_classes, ckpt,
-                                     backbone_state=sd.backbone_state)
+    with torch_threads(cfg.torch_threads):
+        model, history = train_segmenter(name, target, loss, seg, training_dataset(sd.base, store, seg, loss.rho),
+                                         sd.base.num_classes, ckpt, backbone_state=sd.backbone_state, callbacks=callbacks)
     wall = time.perf_counter() - t0
     seconds = float(sum(r["seconds"] for r in history.epochs))
     reused = existed and wall < 0.5 * max(seconds, 1e-9)
@@ -861,12 +917,126 @@ def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg:
         if stored.get("ident") == ident:
             val = stored["summary"]
     if val is None:
-        val, _ = evaluate_segmenter(model, sd.val, sd.context_pairs, seg.eval_batch_size, seg.eval_long_side,
-                                    progress=progress)
+        with torch_threads(cfg.torch_threads):
+            val, _ = evaluate_segmenter(model, sd.val, sd.context_pairs, seg.eval_batch_size, seg.eval_long_side,
+                                        progress=progress)
         val = _jsonable(val)  # NaN → None, as it is stored (a reloaded result equals a fresh one)
         if engine.get_dist_info().is_main:
             vpath.write_text(json.dumps({"ident": ident, "summary": val}, indent=1))
     return SettingResult(name, target, loss, model, history, ckpt, val, seconds, reused)
+
+
+def setting_checkpoint(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg: SegConfig | None = None) -> Path:
+    """The checkpoint folder :func:`run_setting` trains ``name`` into (same fingerprint)."""
+    target, loss = setting(name, cfg)
+    extra = dict(sd.identity)
+    if target == "mask_missing":
+        extra["missing"] = _fingerprint(sd.missing)
+    return checkpoint_dir_for(name, target, loss, seg or cfg.seg, out_dir, extra)
+
+
+def _finished(ckpt: Path) -> bool:
+    p = Path(ckpt) / engine.CHECKPOINT_NAME
+    if not p.is_file():
+        return False
+    try:
+        return bool(torch.load(p, map_location="cpu", weights_only=False).get("finished"))
+    except Exception:  # a broken file is retrained (the engine says why)
+        return False
+
+
+class _QueueProgress:
+    """Engine callback in a worker process: sends ``(name, done, total, loss)`` to the parent's queue."""
+
+    def __init__(self, queue, name: str, every: int = 5):
+        self.queue, self.name, self.every = queue, name, every
+
+    def on_train_start(self, state) -> None:
+        self.total = state.iters_per_epoch * state.cfg.epochs
+        self.queue.put((self.name, 0, self.total, None))
+
+    def on_iter_end(self, state) -> None:
+        done = state.iteration + 1
+        if done % self.every == 0 or done == self.total:
+            self.queue.put((self.name, done, self.total, float(state.history.iters[-1]["loss"])))
+
+
+def _setting_worker(name, cfg, sd, out_dir, seg, queue, threads):
+    """One setting in a worker process of :func:`run_settings` (train, score, write ``val.json``)."""
+    torch.set_num_threads(max(1, int(threads)))
+    cfg = cfg.replace(torch_threads=None)  # this process's count, set above
+    seg = seg.replace(train=seg.train.replace(progress=False))
+    res = run_setting(name, cfg, sd, out_dir, seg=seg, progress=False, callbacks=[_QueueProgress(queue, name)])
+    return name, res.train_seconds
+
+
+def run_settings(names: Sequence[str], cfg: Box2SegStageConfig, sd: StageData, out_dir, seg: SegConfig | None = None,
+                 workers: int | None = None, progress: bool = True) -> dict[str, SettingResult]:
+    """:func:`run_setting` for several settings, training up to ``workers`` of them at once.
+
+    Settings whose checkpoint is not finished are trained in ``workers`` processes (default
+    ``cfg.train_workers``) with ``cfg.torch_threads`` torch threads each (default: this process's threads
+    shared out) — on a CPU of few cores two small networks side by side use the cores better than one
+    network on two threads (profiled for notebook 04: with the machine shared, two threads per network were
+    up to 16× slower per step than one). A pool costs a few seconds to start, so the ``smoke`` preset
+    trains its tiny runs here, one thread each. Each worker trains,
+    scores its network on the validation split and writes both next to the checkpoint; this process then
+    reloads every setting (:func:`run_setting`) and shows one progress bar per training. With a GPU, one
+    setting to train or ``workers <= 1`` everything runs here, one setting after the other. The
+    checkpoints are the same either way (same folders and fingerprints; thread counts change the last
+    digits of the weights, not the run's identity).
+
+    Returns
+    -------
+    {name: SettingResult} in the order of ``names``
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    names = list(dict.fromkeys(names))
+    seg = seg or cfg.seg
+    workers = cfg.train_workers if workers is None else workers
+    todo = [n for n in names if not _finished(setting_checkpoint(n, cfg, sd, out_dir, seg))]
+    fresh: dict[str, float] = {}
+    if (workers or 0) > 1 and len(todo) > 1 and engine.select_device(seg.train.device).type == "cpu":
+        for n in todo:  # targets are built once here and shipped to the workers with sd
+            sd.store(setting(n, cfg)[0])
+        threads = cfg.torch_threads or max(1, (torch.get_num_threads() or 1) // min(workers, len(todo)))
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads (Jupyter, torch)
+        with ctx.Manager() as mgr, ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as ex:
+            queue = mgr.Queue()
+            futs = {ex.submit(_setting_worker, n, cfg, sd, out_dir, seg, queue, threads): n for n in todo}
+            bars = {n: tqdm(total=1, desc=n, disable=not progress) for n in todo}
+            pending = set(futs)
+
+            def drain():
+                while not queue.empty():
+                    n, done, total, loss = queue.get()
+                    b = bars[n]
+                    if b.total != total:
+                        b.reset(total=total)
+                    b.update(done - b.n)
+                    if loss is not None:
+                        b.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+            try:
+                while pending:
+                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    drain()
+                    for f in finished:
+                        n, sec = f.result()  # re-raises a worker's error here
+                        fresh[n] = sec
+                drain()
+            finally:
+                for b in bars.values():
+                    b.close()
+    out = {}
+    for n in names:
+        r = run_setting(n, cfg, sd, out_dir, seg=seg, progress=progress)
+        out[n] = dataclasses.replace(r, reused=False) if n in fresh else r
+    return out
 
 
 def _jsonable(v):
@@ -967,42 +1137,165 @@ ERROR_KINDS = ("object_kept", "background_taken", "object_missed", "background_l
 under-estimation."""
 
 
-def attention_by_grabcut_error(model: SegNet, dataset: VOCLayoutDataset, gc_dir, n: int | None = None,
-                               long_side: int | None = None) -> dict:
-    """Mean attention ``A_c`` of each box's class on the box's own pixels, by what GrabCut did there.
+def attention_report(model: SegNet, dataset: VOCLayoutDataset, gc_dir, n: int | None = None,
+                     long_side: int | None = None, flags: Mapping[int, Sequence[Mapping[str, int]]] | None = None,
+                     batch_size: int = 50) -> dict:
+    """Box2Seg's attention against GrabCut's labels and the truth, over the first ``n`` images of ``dataset``.
 
-    For the first ``n`` images of ``dataset`` (a :func:`raw_dataset` with true masks) and every box ``k`` of
-    class ``c`` (its own pixels ``Ω_k``, ignore pixels skipped): ``object_kept`` (GrabCut ``c``, truth ``c``),
-    ``background_taken`` (GrabCut ``c``, truth not ``c``: a wrong foreground label), ``object_missed``
-    (GrabCut not ``c``, truth ``c``: a wrong background label) and ``background_left`` (neither).
+    ``dataset`` is a :func:`raw_dataset` with true masks. For every box ``k`` of class ``c`` and its own
+    pixels ``Ω_k`` (the pixels whose smallest box it is; ignore pixels skipped):
 
-    Returns
-    -------
-    dict
-        ``{kind: {"attention": mean A (NaN if no pixel), "pixels": count}}`` for the kinds of
-        :data:`ERROR_KINDS`. ``long_side``: resize photos for inference (:func:`predict_maps`); the
-        attention is scored at full size.
+    * ``by_error``: the mean attention ``A_c`` on four kinds of box pixel (:data:`ERROR_KINDS`):
+      ``object_kept`` (GrabCut ``c``, truth ``c``), ``background_taken`` (GrabCut ``c``, truth not ``c``:
+      a wrong foreground label), ``object_missed`` (GrabCut not ``c``, truth ``c``: a wrong background
+      label) and ``background_left`` (neither) — ``{kind: {"attention", "pixels"}}`` (NaN if no pixel);
+    * ``boxes``: one record per box, ``attention`` (mean ``A_c`` on ``Ω_k``), ``rho`` (GrabCut's filling rate
+      of ``Ω_k``, the target of B3), ``true_fill`` (the truth's) and ``category`` (:func:`object_category`
+      from ``flags[i]``, else ``"plain"``).
+
+    Same-sized images (the toy scenes) go through the network ``batch_size`` at a time; ``long_side``
+    resizes photos for inference (:func:`predict_maps`), the attention is scored at full size.
     """
     if getattr(engine.unwrap(model), "att_head", None) is None:
         raise ValueError("the model has no attention head (train a setting with awl_weight or fill_weight > 0)")
     sums = dict.fromkeys(ERROR_KINDS, 0.0)
     counts = dict.fromkeys(ERROR_KINDS, 0)
+    records = []
     n = len(dataset) if n is None else min(n, len(dataset))
-    for i in range(n):
-        raw = dataset.get_raw(i)
-        att = predict_maps(model, image_tensor(raw["image"])[None], long_side, heads=("att",))["att"][0].numpy()
-        gc = read_label_png(Path(gc_dir) / f"{raw['id']}.png")
-        m = raw["mask"]
-        bmap = box_index_map(raw["boxes"], m.shape)
-        for k, c in enumerate(raw["box_labels"]):
-            own = (bmap == k) & (m != IGNORE)
-            g, t = gc == c, m == c
-            for kind, sel in (("object_kept", g & t), ("background_taken", g & ~t), ("object_missed", ~g & t),
-                              ("background_left", ~g & ~t)):
-                sel = sel & own
-                sums[kind] += float(att[c - 1][sel].sum())
-                counts[kind] += int(sel.sum())
-    return {k: {"attention": sums[k] / counts[k] if counts[k] else math.nan, "pixels": counts[k]} for k in ERROR_KINDS}
+    root = getattr(dataset, "root", None)
+    same = root is not None and (Path(root) / "toyscenes.json").is_file()
+    bs = max(1, batch_size) if same else 1
+    for s0 in range(0, n, bs):
+        raws = [dataset.get_raw(i) for i in range(s0, min(n, s0 + bs))]
+        x = torch.stack([image_tensor(r["image"]) for r in raws])
+        att_b = predict_maps(model, x, long_side, heads=("att",))["att"].numpy()
+        for j, raw in enumerate(raws):
+            i, att = s0 + j, att_b[j]
+            gc = read_label_png(Path(gc_dir) / f"{raw['id']}.png")
+            m = raw["mask"]
+            bmap = box_index_map(raw["boxes"], m.shape)
+            fl = (flags or {}).get(i) or []
+            for k, c in enumerate(raw["box_labels"]):
+                region = bmap == k
+                own = region & (m != IGNORE)
+                g, t = gc == c, m == c
+                for kind, sel in (("object_kept", g & t), ("background_taken", g & ~t), ("object_missed", ~g & t),
+                                  ("background_left", ~g & ~t)):
+                    sel = sel & own
+                    sums[kind] += float(att[c - 1][sel].sum())
+                    counts[kind] += int(sel.sum())
+                if region.any():
+                    records.append({"id": raw["id"], "k": k, "cls": int(c),
+                                    "attention": float(att[c - 1][region].mean()),
+                                    "rho": float(g[region].mean()), "true_fill": float(t[own].mean()) if own.any() else math.nan,
+                                    "category": object_category(fl[k]) if k < len(fl) else "plain"})
+    by_error = {k: {"attention": sums[k] / counts[k] if counts[k] else math.nan, "pixels": counts[k]} for k in ERROR_KINDS}
+    return {"by_error": by_error, "boxes": records, "n_images": n}
+
+
+def attention_by_grabcut_error(model: SegNet, dataset: VOCLayoutDataset, gc_dir, n: int | None = None,
+                               long_side: int | None = None) -> dict:
+    """Mean attention ``A_c`` of each box's class on the box's own pixels, by what GrabCut did there:
+    ``{kind: {"attention": mean A (NaN if no pixel), "pixels": count}}`` for the kinds of
+    :data:`ERROR_KINDS` (:func:`attention_report`'s ``by_error``)."""
+    return attention_report(model, dataset, gc_dir, n, long_side)["by_error"]
+
+
+def box_attention_map(model: SegNet, raw: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, box_map)``: the attention of each pixel's (smallest) box class, ``(H, W)`` float with NaN outside
+    every box, and :func:`wsss_core.boxes.box_index_map` of the image's boxes."""
+    att = predict_maps(model, image_tensor(raw["image"])[None], heads=("att",))["att"][0].numpy()
+    bmap = box_index_map(raw["boxes"], raw["mask"].shape)
+    out = np.full(bmap.shape, np.nan, np.float32)
+    for k, c in enumerate(raw["box_labels"]):
+        out[bmap == k] = att[c - 1][bmap == k]
+    return out, bmap
+
+
+def grabcut_report(dataset: VOCLayoutDataset, gc_dir, fill: Mapping[str, Sequence[float]] | None = None,
+                   flags: Mapping[int, Sequence[Mapping[str, int]]] | None = None, progress: bool = False) -> dict:
+    """GrabCut's labels (``gc_dir``) and the filled boxes against the true masks of ``dataset`` (a
+    :func:`raw_dataset`; with instance masks, per object as well).
+
+    Returns
+    -------
+    dict
+        ``box`` / ``grabcut``: ``{"miou", "fg_precision", "fg_recall", **GrabCutStats.summary()}`` (miss
+        rate = under-estimation, take rate = over-estimation inside boxes); ``objects``: GrabCut's
+        :func:`object_rows` (with ``fill`` = its ρ from the manifest's ``fill`` when given) and
+        ``by_category``: :func:`summarise_objects` of them.
+    """
+    from tqdm.auto import tqdm
+
+    from ..boxes import GrabCutStats
+    from ..metrics import ConfusionMatrix
+
+    C1 = dataset.num_classes + 1
+    cms = {"box": ConfusionMatrix(C1), "grabcut": ConfusionMatrix(C1)}
+    stats = {"box": GrabCutStats(), "grabcut": GrabCutStats()}
+    rows = []
+    for i in tqdm(range(len(dataset)), desc="score GrabCut", disable=not progress):
+        r = dataset.get_raw(i)
+        labs = {"grabcut": read_label_png(Path(gc_dir) / f"{r['id']}.png"),
+                "box": filled_box_labels(r["boxes"], r["box_labels"], r["mask"].shape)}
+        for k, lab in labs.items():
+            cms[k].update(lab, r["mask"])
+            stats[k].update(lab, r["mask"], r["boxes"])
+        if "instance_mask" in r:
+            rows += object_rows(r, labs["grabcut"], (flags or {}).get(i), (fill or {}).get(r["id"]))
+    out = {k: {"miou": float(cms[k].miou()), "fg_precision": float(cms[k].fg_precision()),
+               "fg_recall": float(cms[k].fg_recall()), **stats[k].summary()} for k in cms}
+    out["objects"] = rows
+    out["by_category"] = summarise_objects(rows) if rows else {}
+    return out
+
+
+def pick_examples(n: int, n_images: int, rng: np.random.Generator,
+                  flags: Mapping[int, Sequence[Mapping[str, int]]] | None = None) -> list[int]:
+    """``n`` image indices for the figures: one with a camouflaged object and one with a non-convex object
+    where ``flags`` (``{index: object_flags}``) has them, the rest drawn with ``rng``; sorted."""
+    chosen: list[int] = []
+    for want in ("camouflaged", "nonconvex"):
+        cand = [i for i, fl in (flags or {}).items() if any(f.get(want) for f in fl) and i not in chosen]
+        if cand and len(chosen) < n:
+            chosen.append(int(rng.choice(cand)))
+    rest = [i for i in range(n_images) if i not in chosen]
+    k = max(0, min(n, n_images) - len(chosen))
+    chosen += [int(i) for i in rng.choice(rest, size=k, replace=False)] if k else []
+    return sorted(chosen[:n])
+
+
+def attention_cell(image, attention) -> np.ndarray:
+    """The attention inside the boxes as a heat map (blue 0 → red 1) on the image; outside the boxes
+    (NaN) the image dimmed."""
+    from .. import viz
+
+    a = np.asarray(attention)
+    hm = viz.heatmap(image, np.nan_to_num(a), alpha=0.65)
+    dim = (0.35 * viz.as_image(image)).astype(np.uint8)
+    return np.where(np.isnan(a)[..., None], dim, hm)
+
+
+def prediction_grid(dataset: VOCLayoutDataset, indices: Sequence[int], models: Mapping[str, SegNet],
+                    long_side: int | None = None, n_classes: int | None = None, size: float = 1.8):
+    """A figure with one row per image: the image, its true mask and each model's prediction (the
+    segmentation branch; with ``n_classes`` the image's mIoU in each title). ``dataset`` yields
+    normalised images (:func:`evaluation_dataset`)."""
+    from .. import viz
+    from ..metrics import ConfusionMatrix
+
+    cells, titles = [], []
+    for i in indices:
+        r = dataset.get_raw(int(i))
+        row, t = [r["image"], viz.overlay(r["image"], r["mask"])], [r["id"], "true mask"]
+        for name, model in models.items():
+            p = predict_maps(model, dataset[int(i)]["image"][None], long_side)["prob"][0].argmax(0).numpy()
+            row.append(viz.overlay(r["image"], p))
+            t.append(name if n_classes is None else
+                     f"{name}\nimage mIoU {ConfusionMatrix(n_classes).update(p, r['mask']).miou():.2f}")
+        cells.append(row)
+        titles.append(t)
+    return viz.image_grid(cells, titles=titles, size=size)
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
