@@ -81,6 +81,10 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, seed: int = 0, devic
     params = dict(PROFILE=profile, OUT_DIR=str(out_dir.resolve()), SEED=seed, DEVICE=device, USE_SOLUTIONS=True,
                   **(extra or {}))
     os.environ.setdefault("WSSS_STATIC_WIDGETS", "1")  # executed copies keep static figures only
+    # OpenMP threads that sleep instead of spinning while they wait: on 2 cores shared with other work, torch's
+    # two spinning threads made training 3-4x slower (2 epochs of notebook 01: 150 s vs 42 s at load 8-10);
+    # the kernels inherit it, and it changes no result
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t0 = time.perf_counter()
     rec = {"notebook": nb.stem, "ok": False, "seconds": None, "error": None, "metrics": None, "html": None}
     metrics_path = out_dir / nb.stem / "metrics.json"
