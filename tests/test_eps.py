@@ -320,6 +320,34 @@ def test_saliency_error_study_hand_made(make_voc_tree, tmp_path):
         stage.saliency_error_study({"A": (tmp_path / "A", 0.5)}, stage.evaluation_dataset(tree.base, "train", None))
 
 
+def test_lesson_helpers_example_table_and_metrics(make_voc_tree, tmp_path):
+    """Notebook 05's helpers on the hand-made boat/water case: the context-leak example, the report table
+    and the flat metrics (the baseline keys)."""
+    items = {"im": {"size": (4, 5), "objects": [(1, (1, 1, 3, 3), False)]}}
+    tree = make_voc_tree(items, class_names=["background", "boat"], ignore_border=False)
+    ctx = np.array([[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 0, 0, 1, 1], [1, 1, 1, 1, 1]], np.uint8)
+    tree.write_label("ContextMask", "im", ctx)
+    tree.write_label("PartMask", "im", np.zeros((4, 5), np.uint8))
+    boat = np.array([[0, 0, 0, 0, 0], [0, 0.9, 0.8, 0, 0], [0.5, 0.1, 0.7, 0, 0], [0, 0.5, 0, 0, 0.1]], np.float32)
+    save_cams(tmp_path / "maps" / "im.npz", boat[None], np.array([1.0]))
+    cfg = stage.EPSStageConfig(thresholds=(0.2, 0.55), cache_images=False)
+    ev = stage.evaluation_dataset(tree.base, "train", cfg)
+    pairs = {"boat/water": (1, 1)}
+    ex = stage.context_leak_example(tmp_path / "maps", 0.2, ev, pairs)
+    assert ex == {"index": 0, "class_id": 1, "context_id": 1, "leak": 2}
+    assert stage.context_leak_example(tmp_path / "maps", 0.2, ev, {})["leak"] == 0
+    maps, label, pred = stage.pseudo_label(tmp_path / "maps", "im", 0.2)
+    assert maps.shape == (1, 4, 5) and label.tolist() == [1.0] and pred[2, 0] == 1 and pred[0, 0] == 0
+    rep = stage.evaluate(tmp_path / "maps", ev, cfg, pairs, fixed_threshold=0.2, boundary_tolerance=1.0)
+    table = stage.report_table({"CAM": rep, "EPS": rep}, pairs)
+    assert table.splitlines()[0] == "| measure | CAM, θ* | CAM, θ = 0.2 | EPS, θ* | EPS, θ = 0.2 |"
+    assert "| confusion ratio boat/water ↓ | 0.000 | 0.667 | 0.000 | 0.667 |" in table
+    m = stage.comparison_metrics(rep, rep)
+    assert m["cam_miou"] == rep["miou"] and m["eps_confusion_ratio_fixed_per_pair"]["boat/water"] == pytest.approx(2 / 3)
+    assert m["fixed_threshold"] == 0.2 and m["eps_boundary_f"] == rep["boundary"]["f"]
+    json.dumps(m)
+
+
 def test_labels_from_maps_is_the_cams_to_labels_rule():
     from wsss_core.cams import cams_to_labels
 
@@ -358,6 +386,10 @@ def test_presets_and_cam_baseline_identity():
               cfg.replace(saliency_dir="SaliencyUnsupervised"))}
     assert len(names) == 5
     assert stage.checkpoint_dir_for(cfg.replace(eval_threshold=0.3), "x") == stage.checkpoint_dir_for(cfg, "x")
+    # the tutorial trains the study's network (same checkpoint), only without the per-epoch validation curve
+    study = stage.config_for_profile("study")
+    assert study.val_every_epoch and not cfg.val_every_epoch
+    assert stage.checkpoint_dir_for(cfg, "x") == stage.checkpoint_dir_for(study, "x")
     with pytest.raises(ValueError):
         stage.EPSStageConfig(strategy="predefined")
     with pytest.raises(ValueError):

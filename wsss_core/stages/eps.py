@@ -76,6 +76,9 @@ class EPSStageConfig(StageConfig):
     boundary_tolerance : pixels for the boundary F-score.
     min_val_map : below this validation mAP the maps are not trustworthy; the notebook warns.
     cache_images : keep decoded images in memory (toy data).
+    val_every_epoch : log the validation mAP after every epoch (a curve); False: only once, after
+        training (the tutorial: 500 validation images per epoch cost ≈ 12 % of the training time).
+        Does not change the weights (not part of the checkpoint's fingerprint).
     """
 
     backbone: str = "compact"
@@ -103,6 +106,7 @@ class EPSStageConfig(StageConfig):
     boundary_tolerance: float = 2.0
     min_val_map: float = 0.9
     cache_images: bool = True
+    val_every_epoch: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in SELECTION_STRATEGIES:
@@ -120,10 +124,14 @@ def config_for_profile(profile: str) -> EPSStageConfig:
     """:class:`EPSStageConfig` preset (following :func:`wsss_core.profiles.cam_config`).
 
     * ``smoke``: 2 epochs on the 64 smoke scenes, single-scale maps — proves the code path in seconds.
-    * ``tutorial``: exactly notebook 01's classifier recipe (compact CNN, stride 8, Adam + one-cycle,
+    * ``study``: exactly notebook 01's classifier recipe (compact CNN, stride 8, Adam + one-cycle,
       10 epochs, batch 32, crops of 96 with scale 0.9–1.1 and flips; maps at scale 1 + flip), so that
       the CAM baseline *is* notebook 01's classifier and the only difference is the saliency loss;
       EPS's own τ = 0.4, λ = 0.5, adaptive selection, background 0.2.
+    * ``tutorial``: the same (the same checkpoint), without the per-epoch validation curve. Measured on
+      2 shared cores: the two trainings of the old lesson (EPS, and EPS with the unsupervised saliency,
+      now in the study notebook) were > 90 % of its time; DataLoader workers made an epoch *slower*
+      (+50 % CPU: the forked workers' start-up outweighs 2.5 ms of augmentation per image).
     * ``paper``: the official ``script/voc12_eps.sh`` + ``main.py`` on PASCAL VOC: batch 8, 20 000
       iterations (≈ 15 epochs of train_aug's 10 582 images), crop 448, resize-long 256–512, flip,
       colour jitter (0.3, 0.3, 0.3, 0.1), SGD lr 0.01 (10× for the new layer), weight decay 5e-4, poly
@@ -141,8 +149,10 @@ def config_for_profile(profile: str) -> EPSStageConfig:
         return EPSStageConfig(
             train=engine.TrainConfig(epochs=2, batch_size=16, lr=3e-3, optimizer="adam", schedule="onecycle", desc="eps"),
             cam_scales=(1.0,), cam_batch_size=16, min_val_map=0.0)
-    if profile in ("tutorial", "study"):
+    if profile == "study":
         return EPSStageConfig(cam_scales=(1.0,))
+    if profile == "tutorial":  # the same network as "study" (same checkpoint); no validation curve
+        return EPSStageConfig(cam_scales=(1.0,), val_every_epoch=False)
     return EPSStageConfig(
         backbone="resnet50",
         backbone_kwargs={"output_stride": 8, "weights": "imagenet", "freeze_bn": True, "frozen_stages": 1},
@@ -245,7 +255,7 @@ def classification_report(model, dataset, batch_size: int = 64, device=None) -> 
 
 # fields that do not change the trained weights
 _INFERENCE_FIELDS = {"train", "cam_scales", "cam_flip", "cam_batch_size", "eval_threshold", "label_threshold",
-                     "thresholds", "boundary_tolerance", "min_val_map", "cache_images"}
+                     "thresholds", "boundary_tolerance", "min_val_map", "cache_images", "val_every_epoch"}
 _RUN_FREE = cam_stage._RUN_FREE
 
 
@@ -652,7 +662,7 @@ def run(cfg: EPSStageConfig, data, out_dir, progress: bool = True) -> EPSStageRe
     ckpt = checkpoint_dir_for(cfg, out_dir, data)
     train_ds = training_dataset(data.root, data.train_split, cfg)
     val_ds = validation_dataset(data.root, data.val_split, cfg)
-    model, history = train_eps(cfg, train_ds, ckpt, val_ds=val_ds)
+    model, history = train_eps(cfg, train_ds, ckpt, val_ds=val_ds if cfg.val_every_epoch else None)
     train_seconds = float(sum(r.get("seconds", 0.0) for r in history.epochs))
     val_map = classification_report(model, val_ds)["map"]
     ev = evaluation_dataset(data.root, data.train_split, cfg, mask_dir=data.mask_dir)
@@ -670,3 +680,111 @@ def run(cfg: EPSStageConfig, data, out_dir, progress: bool = True) -> EPSStageRe
         save_pseudo_labels(cam_dir, ev, label_dir, threshold=thr, progress=progress)
         labels_src.write_text(json.dumps(want, indent=2))
     return EPSStageResult(model, cfg, ckpt, cam_dir, label_dir, report, history, ev, val_map, train_seconds, cam_seconds)
+
+
+# ------------------------------------------------------------------------------------------------
+# notebook 05's figures, tables and metrics (kept here so that the lesson's cells stay short)
+# ------------------------------------------------------------------------------------------------
+
+def pseudo_label(cam_dir, image_id: str, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(maps (C, H, W), label (C,), pseudo-label (H, W))`` of one image from a folder of maps (CAM or
+    EPS, :func:`wsss_core.cams.save_cams` format) with a constant background ``threshold`` (Eq. 7)."""
+    maps, label = load_cams(Path(cam_dir) / f"{image_id}.npz")
+    return maps, label, labels_from_maps(maps, label, threshold)
+
+
+def context_leak_example(cam_dir, threshold: float, dataset, context_pairs: Mapping[str, tuple],
+                         pair: str | None = None) -> dict:
+    """The training image whose pseudo-label puts the most *context* pixels (e.g. water) into the
+    pair's class (e.g. boat) — the picture of the co-occurrence problem.
+
+    ``context_pairs``: ``{"boat/water": (class id, context id), ...}`` (:class:`~wsss_core.profiles.DataSpec`);
+    ``pair`` defaults to the first. Returns ``{"index", "class_id", "context_id", "leak"}`` (``index`` 0
+    and ``leak`` 0 when the data has no context masks, e.g. VOC).
+    """
+    if not context_pairs:
+        return {"index": 0, "class_id": None, "context_id": None, "leak": 0}
+    pair = pair or next(iter(context_pairs))
+    cls, ctx = context_pairs[pair]
+    best = {"index": 0, "class_id": int(cls), "context_id": int(ctx), "leak": -1}
+    for i in range(len(dataset)):
+        raw = dataset.get_raw(i)
+        if "context_mask" not in raw or not raw["label"][cls - 1]:
+            continue
+        region = (raw["context_mask"] == ctx) & (raw["mask"] == 0)
+        if not region.any():
+            continue
+        _, _, pred = pseudo_label(cam_dir, raw["id"], threshold)
+        leak = int((region & (pred == cls)).sum())
+        if leak > best["leak"]:
+            best.update(index=i, leak=leak)
+    best["leak"] = max(best["leak"], 0)
+    return best
+
+
+@torch.no_grad()
+def learned_background(model, image: torch.Tensor) -> np.ndarray:
+    """EPS's learned background probability :math:`P_{C+1}` (scale 1, no flip) of one normalised image
+    ``(3, H, W)``, resized to ``(H, W)`` — what the saliency loss taught the network (the pseudo-masks do
+    not use it)."""
+    from ..models.eps import eps_background_fn
+
+    dev = next(model.parameters()).device
+    bg = eps_background_fn(model, image[None].to(dev)).float().cpu()
+    return torch.nn.functional.interpolate(bg, size=tuple(image.shape[-2:]), mode="bilinear",
+                                           align_corners=False)[0, 0].numpy()
+
+
+def _get(d, *keys):
+    for k in keys:
+        d = d.get(k, math.nan) if isinstance(d, dict) else math.nan
+    return math.nan if d is None else d
+
+
+def _f3(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def report_table(reports: Mapping[str, dict], context_pairs=None, fixed: bool = True) -> str:
+    """Markdown table of :func:`evaluate` reports side by side (``{name: report}``): background threshold,
+    mIoU, foreground precision / recall, body recall, the confusion ratio (Eq. 8) pooled and per pair,
+    context leak and boundary F-score — at the best threshold θ* and, with ``fixed``, at the report's
+    fixed threshold (``report["fixed"]``, EPS's official 0.2)."""
+    cols = []
+    for name, rep in reports.items():
+        cols.append((f"{name}, θ*", rep, rep.get("boundary", {})))
+        if fixed and "fixed" in rep:
+            cols.append((f"{name}, θ = {rep['fixed']['best_threshold']:g}", rep["fixed"], rep.get("boundary_fixed", {})))
+    rows = [("background threshold", lambda r, b: f"{float(r['best_threshold']):g}"),
+            ("mIoU ↑", lambda r, b: _f3(r["miou"])),
+            ("foreground precision ↑", lambda r, b: _f3(_get(r, "fg_precision"))),
+            ("foreground recall ↑", lambda r, b: _f3(_get(r, "fg_recall"))),
+            ("body recall ↑", lambda r, b: _f3(_get(r, "body_recall"))),
+            ("confusion ratio, pooled ↓", lambda r, b: _f3(_get(r, "confusion_ratio_pooled")))]
+    rows += [(f"confusion ratio {p} ↓", lambda r, b, p=p: _f3(_get(r, "confusion_ratio", p))) for p in (context_pairs or {})]
+    rows += [("context leak ↓", lambda r, b: _f3(_get(r, "context_leak"))),
+             ("boundary F-score ↑", lambda r, b: _f3(b.get("f", math.nan)))]
+    lines = ["| measure | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines += [f"| {label} | " + " | ".join(fn(r, b) for _, r, b in cols) + " |" for label, fn in rows]
+    return "\n".join(lines)
+
+
+def comparison_metrics(cam_rep: dict, eps_rep: dict) -> dict:
+    """Notebook 05's flat metrics of the CAM-vs-EPS comparison (the keys of the regression baselines):
+    ``{cam,eps}_miou`` (θ*), ``_miou_fixed``, ``_best_threshold``, ``_confusion_ratio`` (pooled) and
+    ``_per_pair`` (θ* and fixed), ``_context_leak``, ``_background_leak``, ``_fg_precision``,
+    ``_fg_recall``, ``_body_recall``, ``_boundary_f``; ``eps_per_class_iou``, ``fixed_threshold``."""
+    m: dict = {}
+    for name, rep in (("cam", cam_rep), ("eps", eps_rep)):
+        fix = rep.get("fixed", {})
+        m.update({f"{name}_miou": rep["miou"], f"{name}_best_threshold": float(rep["best_threshold"]),
+                  f"{name}_miou_fixed": fix.get("miou", math.nan),
+                  f"{name}_confusion_ratio": _get(rep, "confusion_ratio_pooled"),
+                  f"{name}_confusion_ratio_per_pair": rep.get("confusion_ratio", {}),
+                  f"{name}_confusion_ratio_fixed_per_pair": fix.get("confusion_ratio", {}),
+                  f"{name}_context_leak": _get(rep, "context_leak"), f"{name}_background_leak": _get(rep, "background_leak"),
+                  f"{name}_fg_precision": rep["fg_precision"], f"{name}_fg_recall": rep["fg_recall"],
+                  f"{name}_body_recall": _get(rep, "body_recall"), f"{name}_boundary_f": _get(rep, "boundary", "f")})
+    m["eps_per_class_iou"] = eps_rep.get("per_class_iou", {})
+    m["fixed_threshold"] = float(eps_rep.get("fixed", {}).get("best_threshold", math.nan))
+    return m
