@@ -264,6 +264,30 @@ def test_random_walk_labels_fill_the_region_of_the_seed():
         A.random_walk_labels(cams, [0, 1], aff[:, :-1], radius, stride)
 
 
+def test_walk_steps_stop_where_random_walk_labels_end_and_boundary_map():
+    H = W = 32
+    stride, radius = 4, 3
+    f = torch.zeros(2, H // stride, W // stride)
+    f[:, 2:6, 2:6] = 30.0
+    aff = A.local_affinities(f, radius)
+    yy, xx = np.mgrid[:H, :W]
+    cams = np.zeros((3, H, W), np.float32)
+    cams[1] = np.exp(-((yy - 11) ** 2 + (xx - 11) ** 2) / (2 * 5.0 ** 2))
+    label = np.array([0, 1, 0])
+    ws = A.walk_steps(cams, label, aff, radius, stride, [64, 0, 16], alpha=16, beta=8)
+    assert list(ws) == [0, 16, 64] and ws[64].shape == (4, H, W)
+    assert (ws[64][[1, 3]] == -1).all()                          # absent classes never win
+    lab = A.random_walk_labels(cams, label, aff, radius, stride, alpha=16, beta=8, t=64)
+    assert np.array_equal(ws[64].argmax(0).numpy(), lab)
+    x0 = torch.nn.functional.interpolate(A.rw_scores(cams, label, stride, 16)[None], scale_factor=stride, mode="bilinear",
+                                         align_corners=False)[0]
+    assert torch.allclose(ws[0][[0, 2]], x0[[0, 2]])             # t = 0: the pooled input
+    b = A.boundary_map(aff, radius)
+    assert b.shape == (8, 8) and b[1, 3] > 0.99 and b[3, 3] < 1e-6 and b[7, 7] < 1e-6   # the object's edge, not its inside
+    big = A.boundary_map(aff, radius, (H, W))
+    assert big.shape == (H, W) and big[4 * 1 + 2, 4 * 3 + 1] == b[1, 3]
+
+
 def test_rw_scores_pool_with_power_background():
     cams = np.zeros((2, 8, 8), np.float32)
     cams[0, :4, :4] = 1.0

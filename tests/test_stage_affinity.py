@@ -168,3 +168,26 @@ def test_affinity_quality_is_perfect_for_oracle_affinities(toy):
     # an uninformative (constant) affinity is at chance
     q0 = stage.affinity_quality(lambda i: 0.5 * torch.ones(34, 24, 24), gt, range(3), 4, 5)
     assert q0["auc"] == pytest.approx(0.5)
+
+
+def test_process_pools_give_the_same_labels_and_the_sweep(toy, tmp_path):
+    """The CRF labels and the walk spread over two processes are the labels of one process."""
+    from wsss_core.affinity import crf_available
+
+    root, man, ev, cam_dir = toy
+    cfg = _cfg(crf=crf_available(), crf_params={"scale": 2.0, "iters": 2})
+    one, two = tmp_path / "one", tmp_path / "two"
+    stage.make_affinity_labels(cam_dir, ev, one, cfg, progress=False, workers=1)
+    stage.make_affinity_labels(cam_dir, ev, two, cfg, progress=False, workers=2)
+    for iid in ev.ids:
+        assert np.array_equal(read_label_png(one / f"{iid}.png"), read_label_png(two / f"{iid}.png"))
+    clf = CAMClassifier(CompactCNN(width=8, output_stride=8), ev.num_classes)
+    model, _ = stage.train_affinitynet(cfg, stage.affinity_dataset(root, "train", one, cfg), None, classifier=clf)
+    t1 = stage.make_rw_labels(model, ev, cam_dir, tmp_path / "rw1", cfg, progress=False, workers=1)
+    t2 = stage.make_rw_labels(model, ev, cam_dir, tmp_path / "rw2", cfg, progress=False, workers=2)
+    assert (t1["workers"], t2["workers"], t2["n_images"]) == (1, 2, len(ev)) and t2["walk_seconds_per_image"] > 0
+    for iid in ev.ids:
+        assert np.array_equal(read_label_png(tmp_path / "rw1" / f"{iid}.png"), read_label_png(tmp_path / "rw2" / f"{iid}.png"))
+    sw = stage.walk_sweep(model, ev, cam_dir, range(3), cfg, [1.0, 8.0], [0, 32])
+    assert sw["beta"]["values"] == [1.0, 8.0] and len(sw["t"]["miou"]) == 2
+    assert all(0 <= v <= 1 for k in sw for v in sw[k]["miou"] + sw[k]["fg_recall"])

@@ -80,6 +80,8 @@ __all__ = [
     "random_walk",
     "rw_scores",
     "random_walk_labels",
+    "walk_steps",
+    "boundary_map",
     "dense_matrix_bytes",
     "sparse_matrix_bytes",
 ]
@@ -720,6 +722,61 @@ def random_walk_labels(cams, label, aff, radius: int, stride: int, *, alpha: flo
         full[keep] = up
         return lab, full
     return lab
+
+
+def walk_steps(cams, label, aff, radius: int, stride: int, steps, *, alpha: float = 16.0,
+               beta: float = 8.0) -> dict[int, torch.Tensor]:
+    """The walk of :func:`random_walk_labels` stopped after each ``t`` in ``steps``, for figures and
+    explorers: one transition matrix, applied incrementally.
+
+    Returns
+    -------
+    ``{t: (C + 1, H, W) float32}``: background and class scores, bilinearly upsampled to the image and
+    cropped; absent classes are −1, so ``.argmax(0)`` is the walk's label map after ``t`` steps
+    (``t = 0``: the pooled CAM input of :func:`rw_scores`).
+    """
+    cams_np = np.asarray(cams.detach().cpu() if isinstance(cams, torch.Tensor) else cams, dtype=np.float32)
+    H, W = cams_np.shape[-2:]
+    present = np.concatenate([[True], np.asarray(label).astype(bool).reshape(-1)])
+    keep = torch.from_numpy(np.flatnonzero(present))
+    T = transition_matrix(_check_aff(aff, radius), radius, beta)
+    out, done, cur = {}, 0, rw_scores(cams_np, label, stride, alpha)[keep]   # absent classes stay 0: skip them
+    for t in sorted(int(t) for t in steps):
+        cur = propagate(T, cur, t - done).float()
+        done = t
+        up = F.interpolate(cur[None], scale_factor=stride, mode="bilinear", align_corners=False)[0, :, :H, :W] \
+            if stride > 1 else cur[:, :H, :W]
+        full = torch.full((len(present),) + tuple(up.shape[1:]), -1.0)
+        full[keep] = up
+        out[t] = full
+    return out
+
+
+def boundary_map(aff, radius: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """What AffinityNet calls an edge: ``1 − min(affinity to the right, affinity below)`` at every grid
+    position (white where the network says "different"), nearest-upsampled to ``size`` (H, W) if given.
+
+    Parameters
+    ----------
+    aff : (K, h, w) forward affinities of one image (:func:`local_affinities`).
+
+    Returns
+    -------
+    (h, w) or (H, W) float32 in [0, 1].
+    """
+    aff = torch.as_tensor(aff).float().cpu()
+    offs = pair_offsets(radius)
+    k01, k10 = offs.index((0, 1)), offs.index((1, 0))
+    a = torch.ones(aff.shape[1:])
+    a[:, :-1] = torch.minimum(a[:, :-1], aff[k01, :, :-1])
+    a[:-1] = torch.minimum(a[:-1], aff[k10, :-1])
+    b = (1 - a).numpy().astype(np.float32)
+    if size is None:
+        return b
+    H, W = size
+    ys = np.minimum((np.arange(H) * b.shape[0]) // H, b.shape[0] - 1)
+    xs = np.minimum((np.arange(W) * b.shape[1]) // W, b.shape[1] - 1)
+    return b[ys[:, None], xs[None, :]]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 AffinityNet → random walk → pseudo-labels.
 
 One config object (:class:`AffinityStageConfig`), its presets (:func:`config_for_profile`:
-``smoke``, ``tutorial``, ``paper``), and the steps that notebook ``02_affinitynet_random_walk`` runs
+``smoke``, ``tutorial``, ``study``, ``paper``), and the steps that notebook ``02_affinitynet_random_walk`` runs
 one by one and :func:`run` runs all at once (idempotent, like :func:`wsss_core.stages.cam.run`)::
 
     cam = cam_stage.run(cam_cfg, data, OUT_DIR / "01_class_activation_maps")   # reuses notebook 01
@@ -134,7 +134,7 @@ def config_for_profile(profile: str) -> AffinityStageConfig:
 
     * ``smoke``: the tutorial's network, 1 epoch on the 64 smoke scenes, no CRF, t = 64 — proves the
       code path in seconds.
-    * ``tutorial``: AffinityNet on the two *shallow* levels (``s2``, ``s4``; receptive field 19 px) of
+    * ``study``: AffinityNet on the two *shallow* levels (``s2``, ``s4``; receptive field 19 px) of
       a compact CNN initialised from the CAM classifier (same output stride 8, so the weights mean what
       they meant there) and fine-tuned; affinities on the stride-4 grid (24 × 24 for the 96-px scenes)
       with radius 5 — IRN's grid, not PSA's stride 8: on a 12 × 12 grid a radius-5 neighbourhood spans
@@ -148,6 +148,12 @@ def config_for_profile(profile: str) -> AffinityStageConfig:
       (mIoU 0.55 vs 0.55). With CRF labels (negative pairs 85 % right) and features that cannot see the
       badge, the affinities follow colour edges (same-vs-different ROC-AUC 0.92) and the walk gains
       +8.5 mIoU points over its CAMs after 15 epochs, +12.9 after 30 (first 300 training images).
+      This is the ``study`` preset (the figures of ``benchmarks/baselines/study.json``).
+    * ``tutorial`` (the lesson, ≤ 5 min on 2 CPU cores): the same stage with a short schedule — 14
+      epochs of batch 8 (1 750 updates, 47 % of the study preset's image passes). Measured on the 1 000
+      training scenes (one seed, AffinityNet alone): 10 epochs of batch 16 gave +3.8 mIoU points over
+      the CAMs, 10 of batch 8 +4.8, 10 of batch 4 +4.5, 14 of batch 8 +6.6 (the study preset: +11.0).
+      More updates per image pass help more than a higher learning rate (lr 3e-3, 10 × 16: +4.1).
     * ``paper``: PSA's ``train_aff.py`` / ``infer_aff.py`` on VOC with IRN's ResNet-50 backbone
       (ImageNet weights; ResNet-38 is not available in torchvision): output stride 8, levels
       layer2 / layer3 / out reduced to 64 / 128 / 256 and fused to 448, radius 5 at stride 8, labels
@@ -168,8 +174,10 @@ def config_for_profile(profile: str) -> AffinityStageConfig:
         rw_radius=5, rw_alpha=16.0, beta=8.0, t=256)
     if profile == "smoke":
         return tutorial.replace(crf=False, t=64, train=tutorial.train.replace(epochs=1))
-    if profile in ("tutorial", "study"):
+    if profile == "study":
         return tutorial
+    if profile == "tutorial":
+        return tutorial.replace(train=tutorial.train.replace(epochs=14, batch_size=8))
     return AffinityStageConfig(
         backbone="resnet50",
         backbone_kwargs={"output_stride": 8, "weights": "imagenet", "freeze_bn": True, "frozen_stages": 1},
@@ -185,13 +193,35 @@ def config_for_profile(profile: str) -> AffinityStageConfig:
 # affinity labels
 # ------------------------------------------------------------------------------------------------
 
+def _label_job(job) -> tuple[str, np.ndarray]:
+    """One image's affinity label (a module-level function, so a process pool can run it)."""
+    iid, cam_path, image, kw = job
+    cams, label = load_cams(cam_path)
+    return iid, affinity_labels(cams, label, image=image, **kw)
+
+
+def default_workers() -> int:
+    """Processes for the per-image CPU work of this stage (the dense CRF): the cores this process may
+    use, at most 2 (the course's laptop budget; the CRF of a 96-px scene takes ≈ 25 ms)."""
+    import os
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(2, n))
+
+
 def make_affinity_labels(cam_dir, dataset, out_dir, cfg: AffinityStageConfig, progress: bool = True,
-                         overwrite: bool = False) -> Path:
+                         overwrite: bool = False, workers: int | None = None) -> Path:
     """Affinity labels (0 confident background, c confident class, 255 neutral) of every image of
     ``dataset`` from its CAMs in ``cam_dir`` → ``out_dir/<id>.png`` at full resolution (IRN stores its
     ``ir_label`` the same way; the training loader samples them onto the feature grid after the
     augmentation). Existing files are kept unless ``overwrite``.
+
+    With the dense CRF the images are spread over ``workers`` processes (default
+    :func:`default_workers`; the labels do not depend on it); without it one process is faster.
     """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     kw = cfg.label_kwargs()
@@ -200,13 +230,31 @@ def make_affinity_labels(cam_dir, dataset, out_dir, cfg: AffinityStageConfig, pr
                           "set crf=False to make the labels without it")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for i, iid in enumerate(tqdm(dataset.ids, desc="affinity labels", disable=not progress)):
-        p = out_dir / f"{iid}.png"
-        if p.exists() and not overwrite:
-            continue
-        cams, label = load_cams(Path(cam_dir) / f"{iid}.npz")
-        image = dataset.get_raw(i)["image"] if kw.get("crf") else None
-        write_label_png(p, affinity_labels(cams, label, image=image, **kw))
+    todo = [i for i, iid in enumerate(dataset.ids) if overwrite or not (out_dir / f"{iid}.png").exists()]
+    workers = (default_workers() if workers is None else int(workers)) if kw.get("crf") else 1
+
+    def jobs():
+        for i in todo:
+            iid = dataset.ids[i]
+            yield iid, Path(cam_dir) / f"{iid}.npz", dataset.get_raw(i)["image"] if kw.get("crf") else None, kw
+
+    bar = tqdm(total=len(todo), desc="affinity labels", disable=not progress)
+    try:
+        if workers <= 1 or len(todo) < 2 * workers:
+            results = map(_label_job, jobs())
+            for iid, lab in results:
+                write_label_png(out_dir / f"{iid}.png", lab)
+                bar.update(1)
+        else:
+            # "fork" where there is one: the workers run numpy and pydensecrf only (never torch, whose thread
+            # pools do not survive a fork), and a spawned worker would spend seconds importing torch first
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+                for iid, lab in ex.map(_label_job, jobs(), chunksize=max(1, min(32, len(todo) // (8 * workers)))):
+                    write_label_png(out_dir / f"{iid}.png", lab)
+                    bar.update(1)
+    finally:
+        bar.close()
     return out_dir
 
 
@@ -216,20 +264,21 @@ def _label_source(cfg: AffinityStageConfig, cam_source: str, dataset) -> dict:
 
 
 def ensure_affinity_labels(cam_dir, dataset, out_dir, cfg: AffinityStageConfig, cam_source: str,
-                           progress: bool = True) -> tuple[float, bool]:
+                           progress: bool = True, workers: int | None = None) -> tuple[float, bool]:
     """Make the affinity labels unless ``out_dir`` holds those of the same CAMs and label settings
-    (``out_dir/source.json``); others are deleted first. Returns ``(seconds, reused?)``."""
+    (``out_dir/source.json``); others are deleted first. Returns ``(seconds, reused?)``; ``workers``:
+    see :func:`make_affinity_labels`."""
     out_dir = Path(out_dir)
     source = json.loads(json.dumps(_label_source(cfg, cam_source, dataset), default=str))
     sp = out_dir / "source.json"
     old = json.loads(sp.read_text()) if sp.is_file() else None
     if old is not None and {k: old.get(k) for k in source} == source:
-        make_affinity_labels(cam_dir, dataset, out_dir, cfg, progress=progress)  # fills in missing files
+        make_affinity_labels(cam_dir, dataset, out_dir, cfg, progress=progress, workers=workers)  # fills in missing files
         return float(old["seconds"]), True
     for p in out_dir.glob("*.png"):
         p.unlink()
     t0 = time.perf_counter()
-    make_affinity_labels(cam_dir, dataset, out_dir, cfg, progress=progress)
+    make_affinity_labels(cam_dir, dataset, out_dir, cfg, progress=progress, workers=workers)
     seconds = time.perf_counter() - t0
     sp.write_text(json.dumps({**source, "seconds": seconds}, indent=2))
     return seconds, False
@@ -377,13 +426,40 @@ def predict_affinities(model: AffinityNet, images: torch.Tensor, radius: int) ->
     return local_affinities(model(x).float(), radius)
 
 
+def _walk_init() -> None:
+    """Worker start-up of the walk's process pool: one torch thread (as in DataLoader workers, which are
+    forked the same way), so the forked process never enters the parent's OpenMP pool."""
+    torch.set_num_threads(1)
+
+
+def _walk_job(job) -> tuple[str, float]:
+    """One image's random walk (a module-level function, so a process pool can run it): labels → PNG;
+    returns ``(id, seconds of the walk)``."""
+    iid, cam_path, aff, out_path, kw = job
+    cams, label = load_cams(cam_path)
+    t0 = time.perf_counter()
+    lab = random_walk_labels(cams, label, torch.from_numpy(aff), **kw)
+    sec = time.perf_counter() - t0
+    write_label_png(out_path, lab)
+    return iid, sec
+
+
 def make_rw_labels(model: AffinityNet, dataset, cam_dir, out_dir, cfg: AffinityStageConfig, device=None,
-                   progress: bool = True, overwrite: bool = False) -> dict:
+                   progress: bool = True, overwrite: bool = False, workers: int | None = None) -> dict:
     """Random-walk pseudo-labels of every image of ``dataset`` (evaluation transforms) →
     ``out_dir/<id>.png``; returns timings ``{"n_images", "seconds", "affinity_seconds", "walk_seconds",
-    "seconds_per_image", "walk_seconds_per_image"}`` (``seconds`` covers AffinityNet inference, the walk,
-    upsampling and arg-max; not file I/O). Existing files are kept unless ``overwrite``.
+    "seconds_per_image", "walk_seconds_per_image", "workers"}``: ``seconds`` is the wall time of
+    AffinityNet inference and the walks (not file I/O), ``walk_seconds`` the walks' own time summed over
+    images (so ``walk_seconds_per_image`` is the cost of one walk, whatever the parallelism). Existing
+    files are kept unless ``overwrite``.
+
+    On a CPU the walks (scipy, one thread each) are spread over ``workers`` forked processes (default
+    :func:`default_workers`) while the main process computes the next batch's affinities; on a GPU
+    (sparse walks on the device) or with ``workers=1`` everything runs in this process.
     """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -393,30 +469,50 @@ def make_rw_labels(model: AffinityNet, dataset, cam_dir, out_dir, cfg: AffinityS
     dev = engine.select_device(device) if device is not None else next(model.parameters()).device
     model.to(dev).eval()
     bs = cfg.rw_batch_size if cam_stage._same_size(dataset) else 1
+    kw = dict(radius=cfg.rw_radius, stride=model.feature_stride, alpha=cfg.rw_alpha, beta=cfg.beta, t=cfg.t,
+              method=cfg.rw_method)
+    workers = 1 if dev.type != "cpu" else (default_workers() if workers is None else int(workers))
+    if len(todo) < 2 * workers or "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1
     t_aff = t_walk = 0.0
     bar = tqdm(total=len(todo), desc="random walk", disable=not progress)
-    for s in range(0, len(todo), bs):
-        idx = todo[s:s + bs]
-        batch = collate_samples([dataset[i] for i in idx])
-        t0 = time.perf_counter()
-        aff = predict_affinities(model, batch["image"].to(dev), cfg.rw_radius)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t_aff += time.perf_counter() - t0
-        for j, i in enumerate(idx):
-            iid = dataset.ids[i]
-            cams, label = load_cams(Path(cam_dir) / f"{iid}.npz")
-            t1 = time.perf_counter()
-            lab = random_walk_labels(cams, label, aff[j], cfg.rw_radius, engine.unwrap(model).feature_stride,
-                                     alpha=cfg.rw_alpha, beta=cfg.beta, t=cfg.t, method=cfg.rw_method)
-            t_walk += time.perf_counter() - t1
-            write_label_png(out_dir / f"{iid}.png", lab)
-        bar.update(len(idx))
-    bar.close()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_walk_init) if workers > 1 else None
+    t_start = time.perf_counter()
+    try:
+        pending = []
+        for s in range(0, len(todo), bs):
+            idx = todo[s:s + bs]
+            batch = collate_samples([dataset[i] for i in idx])
+            t0 = time.perf_counter()
+            aff = predict_affinities(model, batch["image"].to(dev), cfg.rw_radius)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t_aff += time.perf_counter() - t0
+            for j, i in enumerate(idx):
+                iid = dataset.ids[i]
+                if pool is None:
+                    cams, label = load_cams(Path(cam_dir) / f"{iid}.npz")
+                    t1 = time.perf_counter()
+                    lab = random_walk_labels(cams, label, aff[j], **kw)
+                    t_walk += time.perf_counter() - t1
+                    write_label_png(out_dir / f"{iid}.png", lab)
+                    bar.update(1)
+                else:
+                    job = (iid, Path(cam_dir) / f"{iid}.npz", aff[j].cpu().numpy(), out_dir / f"{iid}.png", kw)
+                    pending.append(pool.submit(_walk_job, job))
+            while pending and (len(pending) > 4 * bs or s + bs >= len(todo)):   # bounded queue; all at the end
+                t_walk += pending.pop(0).result()[1]
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
     n = len(todo)
-    return {"n_images": n, "seconds": t_aff + t_walk, "affinity_seconds": t_aff, "walk_seconds": t_walk,
-            "seconds_per_image": (t_aff + t_walk) / n if n else float("nan"),
-            "walk_seconds_per_image": t_walk / n if n else float("nan")}
+    wall = time.perf_counter() - t_start if pool is not None else t_aff + t_walk
+    return {"n_images": n, "seconds": wall, "affinity_seconds": t_aff, "walk_seconds": t_walk,
+            "seconds_per_image": wall / n if n else float("nan"),
+            "walk_seconds_per_image": t_walk / n if n else float("nan"), "workers": workers}
 
 
 evaluate_label_dir = _evaluate_label_dir  # re-exported: scores a folder of label PNGs (wsss_core.evaluation)
@@ -432,7 +528,8 @@ def evaluate_cams_alpha(cam_dir, dataset, alpha: float, context_pairs=None) -> d
     return ev.summary()
 
 
-_TIMING_KEYS = ("n_images", "seconds", "affinity_seconds", "walk_seconds", "seconds_per_image", "walk_seconds_per_image")
+_TIMING_KEYS = ("n_images", "seconds", "affinity_seconds", "walk_seconds", "seconds_per_image", "walk_seconds_per_image",
+                "workers")
 
 
 def _rw_source(cfg: AffinityStageConfig, ckpt_name: str, dataset) -> dict:
@@ -508,6 +605,59 @@ def object_report(label_maps: dict, dataset, progress: bool = False) -> list[dic
                 row[f"recall_{n}"] = float((p[m] == cls).mean())
             rows.append(row)
     return rows
+
+
+def resolve_crf(cfg: AffinityStageConfig, use_crf: bool | None = None) -> AffinityStageConfig:
+    """``cfg`` with the dense CRF on or off: ``use_crf`` None keeps the preset's choice. Where the
+    optional ``pydensecrf2`` is not installed the CRF is turned off with a warning (the labels are then
+    made without it; notebook 02's study shows what that costs)."""
+    crf = cfg.crf if use_crf is None else bool(use_crf)
+    if crf and not crf_available():
+        import warnings
+
+        warnings.warn("the affinity labels' dense CRF needs the optional pydensecrf2 (pip install -e .[crf]); "
+                      "making the labels without it", stacklevel=2)
+        crf = False
+    return cfg.replace(crf=crf)
+
+
+def image_affinities(model: AffinityNet, dataset, i: int, radius: int) -> torch.Tensor:
+    """AffinityNet's (K, h, w) affinities of image ``i`` of an evaluation dataset, on the CPU."""
+    dev = next(engine.unwrap(model).parameters()).device
+    return predict_affinities(model, dataset[i]["image"][None].to(dev), radius)[0].cpu()
+
+
+def walk_sweep(model: AffinityNet, dataset, cam_dir, indices, cfg: AffinityStageConfig, betas, ts,
+               progress: bool = False) -> dict:
+    """The walk's two knobs pushed both ways: for each β in ``betas`` (with ``cfg.t`` steps) and each t
+    in ``ts`` (with ``cfg.beta``), the mIoU and foreground recall of the walk's labels on ``indices``.
+
+    Returns ``{"beta": {"values", "miou", "fg_recall"}, "t": {...}}`` (lists over the values)."""
+    from tqdm.auto import tqdm
+
+    from ..affinity import walk_steps
+    from ..cams import miou_from_confusion
+    from ..metrics import ConfusionMatrix
+
+    C = dataset.num_classes
+    mats = {"beta": np.zeros((len(betas), C + 1, C + 1)), "t": np.zeros((len(ts), C + 1, C + 1))}
+    stride = engine.unwrap(model).feature_stride
+    for i in tqdm(list(indices), desc="β and t sweep", disable=not progress):
+        raw = dataset.get_raw(i)
+        cams, label = load_cams(Path(cam_dir) / f"{raw['id']}.npz")
+        aff = image_affinities(model, dataset, i, cfg.rw_radius)
+        kw = dict(radius=cfg.rw_radius, stride=stride, alpha=cfg.rw_alpha)
+        for j, b in enumerate(betas):
+            s = walk_steps(cams, label, aff, steps=[cfg.t], beta=b, **kw)[cfg.t]
+            mats["beta"][j] += ConfusionMatrix(C + 1).update(s.argmax(0).numpy(), raw["mask"]).mat
+        for j, s in enumerate(walk_steps(cams, label, aff, steps=ts, beta=cfg.beta, **kw).values()):
+            mats["t"][j] += ConfusionMatrix(C + 1).update(s.argmax(0).numpy(), raw["mask"]).mat
+    out = {}
+    for name, vals in (("beta", list(betas)), ("t", sorted(ts))):
+        m = mats[name]
+        out[name] = {"values": vals, "miou": [float(v) for v in miou_from_confusion(m)],
+                     "fg_recall": [float(x[1:, 1:].trace() / max(x[1:].sum(), 1)) for x in m]}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -478,6 +478,108 @@ def recall_at_precision(curves: dict, precision: float, key: str = "fg_recall") 
     return float(np.interp(precision, p[order], r[order]))
 
 
+def map_medians(map_dirs: dict, dataset) -> dict:
+    """Median map value of each image's own classes on their object pixels and on background pixels,
+    for several folders of maps (CAMs, DA masks): ``{name: (on objects, on background)}``. A mask that
+    "covers more of the object" and one that "covers more of everything" differ in the second number."""
+    vals = {n: ([], []) for n in map_dirs}
+    for i in range(len(dataset)):
+        raw = dataset.get_raw(i)
+        for name, folder in map_dirs.items():
+            maps, label = load_cams(Path(folder) / f"{raw['id']}.npz")
+            for c in np.flatnonzero(label):
+                vals[name][0].append(maps[c][raw["mask"] == c + 1])
+                vals[name][1].append(maps[c][raw["mask"] == 0])
+    return {n: tuple(float(np.median(np.concatenate(v))) if v else math.nan for v in vv) for n, vv in vals.items()}
+
+
+ATTENTION_REGIONS = {"badge": "badges of class c", "body": "rest of the class-c objects (bodies)",
+                     "other_objects": "objects of other classes", "other": "everything else (background, distractors)"}
+"""The regions of image 2 in :func:`attention_report`."""
+
+
+def region_fractions(raw: dict, c: int, h: int, w: int) -> dict:
+    """Share of each of an ``h × w`` token grid's cells covered by the class-``c`` badges, the rest of
+    the class-``c`` objects, other classes' objects and anything else (keys of :data:`ATTENTION_REGIONS`),
+    each flattened to ``(h·w,)``; ``c`` is 0-based."""
+    import cv2
+
+    H, W = raw["mask"].shape
+    badge = (raw["part_mask"] == c + 1) if "part_mask" in raw else np.zeros((H, W), bool)
+    obj = (raw["mask"] == c + 1) & ~badge
+    others = (raw["mask"] >= 1) & (raw["mask"] != 255) & (raw["mask"] != c + 1)
+    pool = lambda m: cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA).reshape(-1)  # noqa: E731
+    fb, fo, fx = pool(badge), pool(obj), pool(others)
+    return {"badge": fb, "body": fo, "other_objects": fx, "other": 1.0 - fb - fo - fx}
+
+
+@torch.no_grad()
+def attention_report(model: EDAMNet, pairs: EDAMPairDataset, dataset, max_pairs: int = 200, n_examples: int = 3,
+                     class_names: Sequence[str] | None = None) -> dict:
+    """Where the trained cross-image attention of the shared class looks, over the first ``max_pairs``
+    pairs of ``pairs`` (evaluation view; ``dataset`` gives the raw images, masks and part masks of the
+    same split).
+
+    For each pair sharing class ``c``, the query is image 1's token where ``m_c`` is largest; its
+    attention (Eq. 4, averaged over heads) over image 2's tokens is split into the regions of
+    :data:`ATTENTION_REGIONS` (:func:`region_fractions`).
+
+    Returns
+    -------
+    dict: ``n_pairs``; ``cross_share`` (mean share of all tokens' attention given to the other image;
+    0.5 would be uniform); ``regions`` ``{region: (share of the query's attention on image 2, share of
+    image 2's tokens)}``; ``lift`` ``{"body", "other_objects"}`` (attention per unit of area, over pairs
+    whose image 2 has other classes' objects too; > 1 = more than its size); ``examples`` (rows of
+    images for :func:`wsss_core.viz.image_grid`) and ``titles``.
+    """
+    import cv2
+
+    from .. import viz
+    from ..models.edam import cross_image_share
+
+    names = list(class_names) if class_names is not None else [str(k) for k in range(1000)]
+    dev = next(model.parameters()).device
+    model.eval()
+    mass, area = {r: [] for r in ATTENTION_REGIONS}, {r: [] for r in ATTENTION_REGIONS}
+    has_others, cross, rows, titles, shown = [], [], [], [], set()
+    grid = lambda v, h, w: v.reshape(h, w).cpu().numpy()  # noqa: E731
+    for k in range(min(len(pairs), int(max_pairs))):
+        it = pairs[k]
+        ia, ib, c = (int(v) for v in pairs.pairs[k])
+        _, att = model(it["image"][None].to(dev), it["class_idx"][None].to(dev), return_attention=True)
+        mk = model.masks(it["image"].to(dev))[:, c]                       # (2, h, w)
+        h, w = mk.shape[-2:]
+        Aw = att[c][0].mean(0)                                            # (2hw, 2hw), heads averaged
+        cross.append(cross_image_share(Aw, h * w).mean().item())
+        q = int(mk[0].flatten().argmax())
+        rb = dataset.get_raw(ib)
+        fr = region_fractions(rb, c, h, w)
+        to_b = Aw[q, h * w:].cpu().numpy()
+        for r in mass:
+            mass[r].append(float((to_b * fr[r]).sum() / max(to_b.sum(), 1e-12)))
+            area[r].append(float(fr[r].mean()))
+        has_others.append(bool(fr["other_objects"].sum() > 0))
+        if len(rows) < n_examples and c not in shown and k % 3 == 0:
+            shown.add(c)
+            ra = dataset.get_raw(ia)
+            qy, qx = divmod(q, w)
+            img_a = ra["image"].copy()
+            cv2.drawMarker(img_a, (int((qx + 0.5) * img_a.shape[1] / w), int((qy + 0.5) * img_a.shape[0] / h)), (255, 255, 255),
+                           cv2.MARKER_TILTED_CROSS, 9, 2)
+            row_a, row_b = Aw[q, : h * w], Aw[q, h * w:]
+            rows.append([img_a, viz.heatmap(ra["image"], grid(mk[0], h, w)), viz.heatmap(ra["image"], grid(row_a / row_a.max(), h, w)),
+                         viz.outline(viz.heatmap(rb["image"], grid(row_b / row_b.max(), h, w)), rb["mask"] == c + 1),
+                         viz.heatmap(rb["image"], grid(mk[1], h, w))])
+            titles.append([f"image 1 ({names[c + 1]}), query ×", "m_c, image 1", "attention → image 1",
+                           f"attention → image 2 (class outlined)\n{float(row_b.sum()):.0%} of the query's total", "m_c, image 2"])
+    ho = np.asarray(has_others, bool)
+    lift = {r: float(np.sum(np.asarray(mass[r])[ho]) / max(np.sum(np.asarray(area[r])[ho]), 1e-12)) if ho.any() else math.nan
+            for r in ("body", "other_objects")}
+    return {"n_pairs": len(cross), "cross_share": float(np.mean(cross)) if cross else math.nan,
+            "regions": {r: (float(np.mean(mass[r])), float(np.mean(area[r]))) for r in mass}, "lift": lift,
+            "n_pairs_with_others": int(ho.sum()), "examples": rows, "titles": titles}
+
+
 def saliency_override(masks, label, saliency, theta: float = 0.2, alpha: float = 1e-6, beta: float = 0.99999) -> np.ndarray:
     """EDAM's pseudo-label with a saliency map (official ``infer_cls.py`` / ``eval.py`` with
     ``--sal_path``):
