@@ -72,6 +72,16 @@ def test_every_method_has_a_maker_and_unknown_ones_are_named():
     assert comparison.pseudo_label_dir("full", "smoke", None, "/nonexistent") is None
 
 
+def test_method_keys_and_label_dirs():
+    assert comparison.method_keys(None) == list(comparison.METHODS)
+    assert comparison.method_keys(["cam", "eps"]) == ["cam", "eps", "full"]
+    assert comparison.method_keys(["full", "cam"]) == ["full", "cam"]
+    with pytest.raises(ValueError, match="known: "):
+        comparison.method_keys(["cam", "magic"])
+    dirs, skipped, seconds = comparison.pseudo_label_dirs(["full"], "smoke", None, "/nonexistent")
+    assert dirs == {"full": None} and skipped == {} and set(seconds) == {"full"}
+
+
 def test_label_dir_report_scores_a_hand_made_folder(make_voc_tree, tmp_path):
     from wsss_core.data.voc import VOCLayoutDataset
 
@@ -220,3 +230,38 @@ def test_rewriting_a_baseline_keeps_hand_tuned_tolerances(tmp_path):
     b = json.loads(base.read_text())
     assert b["metrics"] == {"00_x": {"seg_miou": 0.5, "ratio_cam": 0.9}}
     assert b["tolerances"] == {"ratio_cam": 0.25} and b["note"] == "keep me" and b["default_tolerance"] == 0.08
+
+
+@pytest.mark.slow
+def test_segmenters_trained_side_by_side_are_the_serial_ones(tmp_path):
+    """compare() with train_workers=2 trains in two worker processes (one thread each), leaving the same
+    checkpoint folders and cached reports that a serial run reads; the rows come back in order."""
+    from wsss_core.data.toyscenes import ToySceneConfig, context_pairs, ensure_toyscenes
+    from wsss_core.data.voc import VOCLayoutDataset
+    from wsss_core.profiles import DataSpec
+    from wsss_core.stages import segmentation as seg
+
+    root = tmp_path / "toy"
+    man = ensure_toyscenes(root, ToySceneConfig(n_train=16, n_val=8), workers=1, progress=False)
+    data = DataSpec("toy", root, context_pairs=context_pairs(man), manifest=man)
+    labels = tmp_path / "labels"          # "pseudo-labels": the true masks without class 3
+    ds = VOCLayoutDataset(root, "train", saliency_dir=None, extra_dirs=None)
+    for i in range(len(ds)):
+        m = ds.get_raw(i)["mask"].copy()
+        m[m == 3] = 0
+        write_label_png(labels / f"{ds.ids[i]}.png", m)
+    cfg = seg.config_for_profile("smoke")
+    cfg = cfg.replace(channels=16, train_workers=2, torch_threads=1,
+                      train=cfg.train.replace(epochs=1, batch_size=8, progress=False))
+    dirs = {"cam": labels, "full": None}
+    comparison._train_side_by_side(dirs, cfg, data, tmp_path / "seg", True, False, None)
+    for m, d in dirs.items():
+        ck = seg.checkpoint_dir_for(cfg, d, tmp_path / "seg" / m)
+        assert seg.is_finished(ck) and (ck / "report.json").is_file() and list(ck.glob("train_report_*.json"))
+    assert (seg.checkpoint_dir_for(cfg, labels, tmp_path / "seg" / "cam") / "pseudo_report.json").is_file()
+    # a serial configuration finds them (the run-time fields are not in the fingerprint)
+    serial = cfg.replace(train_workers=1, torch_threads=None)
+    assert seg.checkpoint_dir_for(serial, labels, tmp_path / "seg" / "cam") == seg.checkpoint_dir_for(cfg, labels, tmp_path / "seg" / "cam")
+    rows = comparison.compare(["full"], "smoke", data, tmp_path, seg_cfg=serial, progress=False, log=None,
+                              seg_root=tmp_path / "seg")
+    assert rows[0]["status"] == "ok" and rows[0]["ratio"] == pytest.approx(1.0) and "seg_train_miou" in rows[0]

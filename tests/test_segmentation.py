@@ -117,3 +117,20 @@ def test_stage_trains_on_a_label_folder_and_reuses_its_checkpoint(tmp_path):
         assert torch.equal(a, b)
     full = seg.run(cfg, data, None, tmp_path / "out", progress=False)  # the upper bound: another network
     assert full.checkpoint_dir != res.checkpoint_dir
+
+
+def test_channels_last_is_a_layout_not_a_model():
+    """The tutorial's NHWC layout computes what NCHW computes and keeps the checkpoint's fingerprint."""
+    torch.manual_seed(0)
+    cfg = seg.config_for_profile("smoke").replace(channels=16, backbone_kwargs={"width": 8, "output_stride": 8})
+    a = seg.build_model(cfg, 3).eval()
+    b = seg.build_model(cfg, 3).eval()
+    b.load_state_dict(a.state_dict())
+    b = b.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(a(x), b(x), atol=1e-5)
+    ident = lambda c: {k: v for k, v in c.to_dict().items() if k not in seg._RUN_FREE_FIELDS}  # noqa: E731
+    assert ident(cfg) == ident(cfg.replace(channels_last=True, eval_flip=False))
+    assert seg.config_for_profile("study").channels_last is False
+

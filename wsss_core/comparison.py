@@ -185,6 +185,41 @@ def pseudo_label_dir(method: str, profile: str, data, out_root, seed: int = 0, d
     return None if d is None else Path(d)
 
 
+def pseudo_label_dirs(methods: Sequence[str], profile: str, data, out_root, seed: int = 0, device: str = "auto",
+                      progress: bool = True, config_hook: Callable | None = None) -> tuple[dict, dict, dict]:
+    """:func:`pseudo_label_dir` for every method: ``(dirs, skipped, seconds)`` — ``{method: folder or None}``
+    for the methods that could run, ``{method: why}`` for those that could not (:class:`MethodUnavailable`),
+    and ``{method: seconds}`` the stage took here (a second or two when its notebook's outputs were
+    reused from ``out_root``; minutes when the stage had to train)."""
+    import time
+
+    dirs, skipped, seconds = {}, {}, {}
+    for m in methods:
+        t0 = time.perf_counter()
+        try:
+            dirs[m] = pseudo_label_dir(m, profile, data, out_root, seed=seed, device=device, progress=progress,
+                                       config_hook=config_hook)
+        except MethodUnavailable as e:
+            skipped[m] = str(e)
+        seconds[m] = time.perf_counter() - t0
+    return dirs, skipped, seconds
+
+
+def method_keys(methods: Sequence[str] | None = None) -> list[str]:
+    """The comparison's rows: ``methods`` (None: every method of :data:`METHODS`, in order) with ``"full"``
+    appended when missing — the upper bound is the denominator of the weak/full ratio.
+
+    Raises
+    ------
+    ValueError : an unknown key (the message lists the known ones).
+    """
+    keys = list(methods) if methods else list(DEFAULT_METHODS)
+    unknown = [k for k in keys if k not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    return keys if "full" in keys else keys + ["full"]
+
+
 def label_dir_report(label_dir, dataset, context_pairs=None, progress: bool = False) -> dict:
     """:class:`~wsss_core.evaluation.LabelMapEvaluator` summary of the PNG label maps in ``label_dir``
     against ``dataset``'s true masks (every image of the dataset must have its ``<id>.png``);
@@ -199,7 +234,7 @@ def weak_full_ratio(seg_miou: float, full_miou: float) -> float:
 
 def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, seed: int = 0,
             device: str = "auto", progress: bool = True, log: Callable[[str], None] | None = print,
-            score_train: bool = True, config_hook: Callable | None = None) -> list[dict]:
+            score_train: bool = True, config_hook: Callable | None = None, seg_root=None) -> list[dict]:
     """Train and evaluate one segmenter per method; returns one row (dict) per method, in order.
 
     Each row: ``method``, ``title``, ``supervision``, ``pseudo_miou`` (train; 1.0 for ``full``),
@@ -209,64 +244,135 @@ def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, 
     skipped), and — not written to metrics — ``model`` and ``history``. With ``score_train`` the
     segmenter is also scored on the *training* images against their true masks (``seg_train_miou``):
     the same images as ``pseudo_miou``, so the two say whether the network corrected its labels.
-    Segmenters are cached under ``out_root/06_segmentation_and_comparison/<method>/``.
+    Segmenters are cached under ``seg_root/<method>/`` (default ``out_root/06_segmentation_and_comparison``).
     """
     from .stages import segmentation as seg
 
     if seg_cfg is None:
         seg_cfg = _Run(profile, data, Path(out_root), seed, device, progress).cfg(
             "segmentation", seg.config_for_profile(profile))
-    out = Path(out_root) / NOTEBOOK
-    train_true = None  # the training images with their true masks (and the toy extras), built once
-
-    def train_images():
-        nonlocal train_true
-        if train_true is None:
-            train_true = seg.label_dataset(data.root, data.train_split, seg_cfg, None, train=False,
-                                           true_mask_dir=getattr(data, "mask_dir", "SegmentationClass"))
-        return train_true
-
-    rows = []
+    out = Path(seg_root) if seg_root is not None else Path(out_root) / NOTEBOOK
+    images = _TrainImages(data, seg_cfg)  # the training images with their true masks, built once
+    rows, dirs = [], {}
     for m in methods:
         meta = METHODS[m]
         row = {"method": m, "title": meta.title, "supervision": meta.supervision, "status": "ok"}
+        rows.append(row)
         try:
-            d = pseudo_label_dir(m, profile, data, out_root, seed=seed, device=device, progress=progress,
-                                 config_hook=config_hook)
+            dirs[m] = pseudo_label_dir(m, profile, data, out_root, seed=seed, device=device, progress=progress,
+                                       config_hook=config_hook)
         except MethodUnavailable as e:
             row["status"] = f"skipped: {e}"
-            rows.append(row)
             if log:
                 log(f"[{m}] {row['status']}")
+    _train_side_by_side(dirs, seg_cfg, data, out, score_train, progress, log)
+    for row in rows:
+        m = row["method"]
+        if row["status"] != "ok":
             continue
-        row["label_dir"] = str(d) if d is not None else None
-        res = seg.run(seg_cfg, data, d, out / m, progress=progress)
-        # the checkpoint folder is fingerprinted by the label folder, so reports cached in it stay valid
-        if d is None:
-            row.update(pseudo_miou=1.0, pseudo_fg_precision=1.0, pseudo_fg_recall=1.0)
-        else:
-            rep = _cached(res.checkpoint_dir / "pseudo_report.json",
-                          lambda: label_dir_report(d, train_images(), data.context_pairs, progress=progress))
-            row.update(pseudo_miou=rep["miou"], pseudo_fg_precision=rep["fg_precision"],
-                       pseudo_fg_recall=rep["fg_recall"])
-        r = res.report
-        row.update(seg_miou=r["miou"], seg_fg_precision=r["fg_precision"], seg_fg_recall=r["fg_recall"],
-                   seg_context_leak=r.get("context_leak", float("nan")), train_seconds=res.train_seconds,
-                   checkpoint_dir=str(res.checkpoint_dir), seg_report=r, model=res.model, history=res.history)
-        if score_train:
-            tag = f"s{'-'.join(f'{v:g}' for v in seg_cfg.eval_scales)}{'-flip' if seg_cfg.eval_flip else ''}{'-crf' if seg_cfg.crf else ''}"
-            tr = _cached(res.checkpoint_dir / f"train_report_{tag}.json",
-                         lambda: seg.evaluate(res.model, train_images(), seg_cfg, data.context_pairs, progress=progress))
-            row["seg_train_miou"] = tr["miou"]
-        rows.append(row)
+        # here on all of this process's threads (the thread count is for the worker processes)
+        row.update(_score(m, dirs[m], seg_cfg.replace(torch_threads=None), data, out, score_train, progress, images))
         if log:
             log(f"[{m}] pseudo-label mIoU {row['pseudo_miou']:.3f} (train) -> segmentation mIoU "
-                f"{row['seg_miou']:.3f} (val), trained in {res.train_seconds:.0f} s")
+                f"{row['seg_miou']:.3f} (val), trained in {row['train_seconds']:.0f} s")
     full = next((r["seg_miou"] for r in rows if r["method"] == "full" and r["status"] == "ok"), None)
     for r in rows:
         if r["status"] == "ok":
             r["ratio"] = weak_full_ratio(r["seg_miou"], full) if full else float("nan")
     return rows
+
+
+class _TrainImages:
+    """The training split with its true masks (evaluation transforms), built on first use."""
+
+    def __init__(self, data, seg_cfg):
+        self.data, self.seg_cfg, self.ds = data, seg_cfg, None
+
+    def __call__(self):
+        from .stages import segmentation as seg
+
+        if self.ds is None:
+            self.ds = seg.label_dataset(self.data.root, self.data.train_split, self.seg_cfg, None, train=False,
+                                        true_mask_dir=getattr(self.data, "mask_dir", "SegmentationClass"))
+        return self.ds
+
+
+def _score(m: str, d, seg_cfg, data, out: Path, score_train: bool, progress: bool, images) -> dict:
+    """One row's figures: train (or reload) the segmenter on ``d``, its validation report, the pseudo-label
+    report and (``score_train``) the segmenter on the training images — each cached next to the checkpoint
+    (its folder is fingerprinted by the label folder, so the cached reports stay valid)."""
+    import torch
+
+    from .stages import segmentation as seg
+
+    res = seg.run(seg_cfg, data, d, out / m, progress=progress)
+    row = {"label_dir": str(d) if d is not None else None}
+    if d is None:
+        row.update(pseudo_miou=1.0, pseudo_fg_precision=1.0, pseudo_fg_recall=1.0)
+    else:
+        rep = _cached(res.checkpoint_dir / "pseudo_report.json",
+                      lambda: label_dir_report(d, images(), data.context_pairs, progress=progress))
+        row.update(pseudo_miou=rep["miou"], pseudo_fg_precision=rep["fg_precision"], pseudo_fg_recall=rep["fg_recall"])
+    r = res.report
+    row.update(seg_miou=r["miou"], seg_fg_precision=r["fg_precision"], seg_fg_recall=r["fg_recall"],
+               seg_context_leak=r.get("context_leak", float("nan")), train_seconds=res.train_seconds,
+               checkpoint_dir=str(res.checkpoint_dir), seg_report=r, model=res.model, history=res.history)
+    if score_train:
+        tag = f"s{'-'.join(f'{v:g}' for v in seg_cfg.eval_scales)}{'-flip' if seg_cfg.eval_flip else ''}{'-crf' if seg_cfg.crf else ''}"
+        old = torch.get_num_threads()
+        if seg_cfg.torch_threads:
+            torch.set_num_threads(int(seg_cfg.torch_threads))
+        try:
+            tr = _cached(res.checkpoint_dir / f"train_report_{tag}.json",
+                         lambda: seg.evaluate(res.model, images(), seg_cfg, data.context_pairs, progress=progress))
+        finally:
+            torch.set_num_threads(old)
+        row["seg_train_miou"] = tr["miou"]
+    return row
+
+
+def _segmenter_worker(m: str, d, seg_cfg, data, out: Path, score_train: bool, threads: int):
+    """One row in a worker process of :func:`_train_side_by_side`: train, score, write the cached reports."""
+    import os
+    import time
+
+    import torch
+
+    os.environ["TQDM_DISABLE"] = "1"  # the parent shows one bar over the segmenters; a worker's bars go nowhere useful
+    torch.set_num_threads(max(1, int(threads)))
+    t0 = time.perf_counter()
+    _score(m, d, seg_cfg.replace(torch_threads=None), data, out, score_train, False, _TrainImages(data, seg_cfg))
+    return m, time.perf_counter() - t0
+
+
+def _train_side_by_side(dirs: dict, seg_cfg, data, out: Path, score_train: bool, progress: bool, log) -> None:
+    """Train the segmenters that are not finished yet ``seg_cfg.train_workers`` at a time, in worker
+    processes with ``seg_cfg.torch_threads`` threads each (CPU only; otherwise nothing happens here and
+    :func:`compare` trains them one after the other). The workers leave finished checkpoints and cached
+    reports, which :func:`compare` then reloads; the checkpoints are those of a serial run (same folders;
+    thread counts change the last digits of the weights, not the run's identity)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import engine
+    from .stages import segmentation as seg
+
+    workers = int(getattr(seg_cfg, "train_workers", 1) or 1)
+    todo = [m for m, d in dirs.items() if not seg.is_finished(seg.checkpoint_dir_for(seg_cfg, d, out / m))]
+    if workers <= 1 or len(todo) <= 1 or engine.select_device(seg_cfg.train.device).type != "cpu":
+        return
+    n = min(workers, len(todo))
+    threads = seg_cfg.torch_threads or max(1, torch.get_num_threads() // n)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads (Jupyter, torch)
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as ex:
+        futs = [ex.submit(_segmenter_worker, m, dirs[m], seg_cfg, data, out, score_train, threads) for m in todo]
+        for f in tqdm(as_completed(futs), total=len(futs), desc=f"segmenters, {n} at a time", disable=not progress):
+            m, sec = f.result()  # re-raises a worker's error here
+            if log:
+                log(f"[{m}] segmenter trained and scored in a worker process ({sec:.0f} s)")
 
 
 def _cached(path: Path, compute: Callable[[], dict]) -> dict:
