@@ -272,8 +272,14 @@ def init_distributed(backend: str | None = None) -> DistInfo:
 
 
 def cleanup_distributed() -> None:
-    """Destroy the process group if one exists (call once, at the end of a torchrun script)."""
+    """Destroy the process group if one exists (call once, at the end of a torchrun script).
+
+    Every rank waits for the others first: rank 0 hosts the rendezvous store, and a rank that tears its
+    group down while another is still in a collective makes gloo abort ("terminate called without an
+    active exception", seen in CI).
+    """
     if dist.is_available() and dist.is_initialized():
+        _barrier(get_dist_info())
         dist.destroy_process_group()
 
 
