@@ -295,8 +295,10 @@ def _autograde(root: Path, aid: str, students: list[str], limit: float, log: Pat
                 cmd.append("--CourseDirectory.student_id_exclude=" + ",".join(exclude))
             logf.write(f"$ {' '.join(cmd)}\n")
             _venv_on_path()
+            # student work is graded leniently: a failing test reports and the notebook goes on (never strict)
             proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)
+                                    start_new_session=True, env={**os.environ, "WSSS_STRICT_TESTS": "0",
+                                                                  "WSSS_STATIC_WIDGETS": "1"})
             lines: queue.Queue = queue.Queue()
             reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True)
             reader.start()

@@ -216,7 +216,7 @@ def test_rewriting_a_baseline_keeps_hand_tuned_tolerances(tmp_path):
 
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    params = new_code_cell('PROFILE = "tutorial"\nOUT_DIR = "out"\nSEED = 0\nDEVICE = "auto"\nUSE_SOLUTIONS = False')
+    params = new_code_cell('PROFILE = "tutorial"\nOUT_DIR = "out"\nSEED = 0\nDEVICE = "auto"')
     params.metadata["tags"] = ["parameters"]
     body = ("import json, pathlib\nout = pathlib.Path(OUT_DIR) / '00_x'\nout.mkdir(parents=True, exist_ok=True)\n"
             "(out / 'metrics.json').write_text(json.dumps({'seg_miou': 0.5, 'ratio_cam': 0.9, 'train_seconds': 3.0}))")

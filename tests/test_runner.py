@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def _notebook(path: Path, body: str) -> None:
-    params = new_code_cell('PROFILE = "tutorial"\nOUT_DIR = "out"\nSEED = 0\nDEVICE = "auto"\nUSE_SOLUTIONS = False')
+    params = new_code_cell('PROFILE = "tutorial"\nOUT_DIR = "out"\nSEED = 0\nDEVICE = "auto"')
     params.metadata["tags"] = ["parameters"]
     nb = new_notebook(cells=[params, new_code_cell(body)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -27,7 +27,7 @@ import json, pathlib, os
 out = pathlib.Path(OUT_DIR) / "{name}"
 out.mkdir(parents=True, exist_ok=True)
 (out / "metrics.json").write_text(json.dumps({{"score": 0.8 if PROFILE == "smoke" else 0.9, "seed": SEED,
-    "solutions": USE_SOLUTIONS, "static": os.environ.get("WSSS_STATIC_WIDGETS")}}))
+    "strict": os.environ.get("WSSS_STRICT_TESTS"), "static": os.environ.get("WSSS_STATIC_WIDGETS")}}))
 """
 
 
@@ -43,8 +43,8 @@ def test_runner_executes_gathers_and_fails_on_error(tmp_path):
     recs = {r["notebook"]: r for r in summary["notebooks"]}
     assert recs["00_good"]["ok"] and not recs["01_bad"]["ok"]
     assert "boom" in recs["01_bad"]["error"]
-    # parameters were injected: profile, seed, solutions on, static widgets
-    assert summary["metrics"]["00_good"] == {"score": 0.8, "seed": 0, "solutions": True, "static": "1"}
+    # parameters were injected (profile, seed); the kernel runs with strict grading tests and static widgets
+    assert summary["metrics"]["00_good"] == {"score": 0.8, "seed": 0, "strict": "1", "static": "1"}
     assert (out / "00_good.ipynb").is_file()
     md = (out / "summary.md").read_text()
     assert "00_good" in md and "FAILED" in md and "`score`" in md

@@ -77,9 +77,12 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, seed: int = 0, devic
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # exercises: the check cells test the instructor solutions, so CI proves them correct
-    params = dict(PROFILE=profile, OUT_DIR=str(out_dir.resolve()), SEED=seed, DEVICE=device, USE_SOLUTIONS=True,
-                  **(extra or {}))
+    params = dict(PROFILE=profile, OUT_DIR=str(out_dir.resolve()), SEED=seed, DEVICE=device, **(extra or {}))
+    # the notebooks here are the instructor copies (nbgrader solution regions filled in): a graded exercise whose
+    # solution or hidden test fails must fail the run (wsss_core.grading.strict), not print and go on
+    # (set for the kernel only: this process may go on to grade student work, which must not be strict)
+    strict_before = os.environ.get("WSSS_STRICT_TESTS")
+    os.environ.setdefault("WSSS_STRICT_TESTS", "1")
     os.environ.setdefault("WSSS_STATIC_WIDGETS", "1")  # executed copies keep static figures only
     # OpenMP threads that sleep instead of spinning while they wait: on 2 cores shared with other work, torch's
     # two spinning threads made training 3-4x slower (2 epochs of notebook 01: 150 s vs 42 s at load 8-10);
@@ -97,6 +100,9 @@ def execute_notebook(nb: Path, out_dir: Path, profile: str, seed: int = 0, devic
         rec["ok"] = True
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         rec["error"] = f"{type(e).__name__}: {str(e)[-3000:]}"
+    finally:
+        if strict_before is None:
+            os.environ.pop("WSSS_STRICT_TESTS", None)
     rec["seconds"] = round(time.perf_counter() - t0, 1)
     if (out_dir / nb.name).is_file():  # also a failed run: its HTML shows where it stopped
         html = write_html(out_dir / nb.name, out_dir / nb.stem / f"{nb.stem}.html")
