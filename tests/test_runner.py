@@ -103,10 +103,15 @@ def test_rerecording_one_notebook_keeps_the_others():
     assert got["metrics"] == {"00": {"miou": 0.5, "leak": 0.2}, "01": {"miou": 0.7, "horse_iou": 0.4}}
     assert got["tolerances"] == {"leak": 0.05}
     assert got["lower_is_better"] == ["leak"] and got["optional"] == ["horse_iou"]
-    assert got["note"] == "hand-written" and "00 kept" in got["made_by"]
+    assert got["note"] == "hand-written" and got["made_by"] == "run --only 01"
+    # each notebook says which run made its figures
+    assert got["sources"] == {"00": {"made_by": "x", "made_on": None}, "01": {"made_by": "run --only 01", "made_on": None}}
+    again = merge_baselines(got, {"metrics": {"02": {"miou": 0.1}}, "made_by": "y", "made_on": "d"}, ran=["02"])
+    assert again["sources"]["00"]["made_by"] == "x" and again["sources"]["02"] == {"made_by": "y", "made_on": "d"}
     # a full run replaces everything
     full = merge_baselines(old, {"metrics": {"00": {"miou": 0.9}}, "made_by": "all"}, ran=["00", "01"])
     assert full["metrics"] == {"00": {"miou": 0.9}} and full["made_by"] == "all"
+    assert full["sources"] == {"00": {"made_by": "all", "made_on": None}}
 
 
 def test_runner_writes_html_links_it_and_runs_study_notebooks(tmp_path):

@@ -163,8 +163,9 @@ if SECOND_SEED is not None:
                                          f"CAM, seed {s}": cam_s, f"EPS, seed {s}": res_s.report}, PAIRS, fixed=False)))
     m_s = stage.comparison_metrics(cam_s, res_s.report)
     metrics.update({f"{k}_seed{s}": m_s[k] for k in ("cam_miou", "eps_miou", "cam_confusion_ratio", "eps_confusion_ratio")})
-    for p in PAIRS:
-        print(f"seed {s}, {p}: confusion ratio CAM {cam_s['confusion_ratio'][p]:.3f} → EPS {res_s.report['confusion_ratio'][p]:.3f}")
+    for p in PAIRS:  # a pair absent from the images (tiny smoke sets) has no ratio: None
+        c, e = cam_s["confusion_ratio"][p], res_s.report["confusion_ratio"][p]
+        print(f"seed {s}, {p}: confusion ratio CAM {c if c is None else round(c, 3)} → EPS {e if e is None else round(e, 3)}")
     print(f"seed {s}: mIoU CAM {cam_s['miou']:.3f} → EPS {res_s.report['miou']:.3f}")
 
 # %%

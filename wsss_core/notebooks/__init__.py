@@ -188,8 +188,10 @@ def quality_direction(key: str) -> str | None:
 
 def merge_baselines(old: dict, new: dict, ran) -> dict:
     """Re-record ``new`` over ``old``: the notebooks that ran (``ran``) take ``new``'s figures, the others
-    (a run with ``--only``) keep ``old``'s; hand-tuned per-key tolerances of keys still present and
-    ``old``'s note survive; ``lower_is_better`` / ``optional`` cover the keys of both."""
+    (a run with ``--only``, or one stopped half-way) keep ``old``'s; hand-tuned per-key tolerances of keys
+    still present and ``old``'s note survive; ``lower_is_better`` / ``optional`` cover the keys of both.
+    ``sources`` says, per notebook, which command and date made its figures (``made_by`` / ``made_on`` at the
+    top: the latest run)."""
     ran = set(ran)
     out = dict(new)
     metrics = {nb: m for nb, m in old.get("metrics", {}).items() if nb not in ran}
@@ -201,9 +203,11 @@ def merge_baselines(old: dict, new: dict, ran) -> dict:
         out[field] = sorted(k for k in set(old.get(field, [])) | set(new.get(field, [])) if k in keys)
     if "note" in old:
         out["note"] = old["note"]
-    kept = sorted(metrics.keys() - ran)
-    if kept:
-        out["made_by"] = f"{new.get('made_by')} (merged into the earlier baseline: {', '.join(kept)} kept)"
+    old_src = old.get("sources", {})
+    sources = {nb: old_src.get(nb, {"made_by": old.get("made_by"), "made_on": old.get("made_on")})
+               for nb in metrics if nb not in ran}
+    sources.update({nb: {"made_by": new.get("made_by"), "made_on": new.get("made_on")} for nb in new.get("metrics", {})})
+    out["sources"] = dict(sorted(sources.items()))
     return out
 
 
@@ -230,6 +234,19 @@ def make_baseline(records: list[dict], profile: str, tolerance: float, command: 
             "made_on": f"{datetime.date.today().isoformat()}, {platform.machine()}, python {platform.python_version()}",
             "default_tolerance": tolerance, "tolerances": {}, "lower_is_better": sorted(lower),
             "optional": sorted(optional), "metrics": metrics}
+
+
+def write_baseline(path: Path, records: list[dict], profile: str, tolerance: float | None, argv) -> None:
+    """Merge the quality figures of ``records`` (notebooks that ran to the end) into the baseline ``path``:
+    their keys are re-recorded; other notebooks, hand-tuned per-key tolerances and notes are kept."""
+    cmd = "python -m wsss_core.notebooks " + " ".join(argv if argv is not None else sys.argv[1:])
+    base = make_baseline(records, profile, tolerance if tolerance is not None else 0.02, cmd)
+    if path.is_file():
+        base = merge_baselines(json.loads(path.read_text()), base, ran=[r["notebook"] for r in records])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(base, indent=2) + "\n")
+    tmp.replace(path)  # never a half-written baseline
 
 
 def main(argv=None) -> int:
@@ -263,6 +280,8 @@ def main(argv=None) -> int:
         records.append(rec)
         status = "ok" if rec["ok"] else "FAILED"
         print(f"[wsss]   {status} in {rec['seconds']} s", flush=True)
+        if a.write_baseline and rec["ok"]:  # notebook by notebook: a long run stopped half-way keeps what it made
+            write_baseline(Path(a.write_baseline), [rec], a.profile, a.tolerance, argv)
         if not rec["ok"]:
             print(rec["error"], file=sys.stderr)
             if not a.keep_going:
@@ -282,13 +301,8 @@ def main(argv=None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(summary_markdown(records, a.profile))
     print(f"[wsss] summary: {out / 'summary.md'}")
-    if a.write_baseline and not failed and len(records) == len(nbs):
-        cmd = "python -m wsss_core.notebooks " + " ".join(argv if argv is not None else sys.argv[1:])
-        base = make_baseline(records, a.profile, a.tolerance if a.tolerance is not None else 0.02, cmd)
-        if Path(a.write_baseline).is_file():  # hand-tuned per-key tolerances and notes survive a re-record
-            old = json.loads(Path(a.write_baseline).read_text())
-            base = merge_baselines(old, base, ran=[r["notebook"] for r in records])
-        Path(a.write_baseline).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.write_baseline).write_text(json.dumps(base, indent=2) + "\n")
-        print(f"[wsss] baseline written: {a.write_baseline}")
+    if a.write_baseline:
+        done = [r["notebook"] for r in records if r["ok"]]
+        print(f"[wsss] baseline {a.write_baseline}: figures of {len(done)} of {len(nbs)} notebooks recorded"
+              + (f"; not recorded: {', '.join(p.stem for p in nbs if p.stem not in done)}" if len(done) < len(nbs) else ""))
     return 1 if failed or regressions or len(records) < len(nbs) else 0
