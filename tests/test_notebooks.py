@@ -19,9 +19,9 @@ REQUIRED_PARAMETERS = ("PROFILE", "DATA_ROOT", "DEVICE", "SEED", "OUT_DIR")
 
 
 def _cells(nb) -> list[tuple]:
-    "What a person edits: cell type, source and tags (ids, outputs and counts are not content)."
-    return [(c["cell_type"], "".join(c["source"]).strip("\n"), tuple(c.get("metadata", {}).get("tags", [])))
-            for c in nb["cells"]]
+    "What a person edits: cell type, source, tags and nbgrader's metadata (ids, outputs and counts are not content)."
+    return [(c["cell_type"], "".join(c["source"]).strip("\n"), tuple(c.get("metadata", {}).get("tags", [])),
+             json.dumps(c.get("metadata", {}).get("nbgrader"), sort_keys=True)) for c in nb["cells"]]
 
 
 def test_there_are_notebooks():
@@ -69,3 +69,33 @@ def test_papermill_sees_every_parameter(path):
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     names = re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=", "".join(cell["source"]), flags=re.M)
     assert list(papermill.inspect_notebook(str(path))) == names
+
+
+# the lesson standard (../shared/NOTEBOOKS.md, issue 15): a lesson is read in a lab session
+MAX_PROSE_WORDS = 1800      # "about 1,500 words of prose or fewer"; formulas count as one word
+MAX_SETUP_LINES = 15
+MAX_CELL_LINES = 40
+
+
+def prose_words(nb) -> int:
+    text = " ".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    text = re.sub(r"\$\$.*?\$\$|\$[^$]*\$", " x ", text, flags=re.S)
+    return len(re.findall(r"[A-Za-z0-9][\w'’-]*", text))
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_is_light(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    code = ["".join(c["source"]).rstrip("\n") for c in nb["cells"] if c["cell_type"] == "code"]
+    setup = [c for c in code if "lesson.setup(" in c]
+    assert len(setup) == 1, "a lesson has one setup cell calling wsss_core.lesson.setup"
+    assert len(setup[0].splitlines()) <= MAX_SETUP_LINES, f"setup cell of {len(setup[0].splitlines())} lines"
+    longest = max(code, key=lambda c: len(c.splitlines()))
+    assert len(longest.splitlines()) <= MAX_CELL_LINES, f"a code cell of {len(longest.splitlines())} lines:\n{longest[:300]}"
+    assert prose_words(nb) <= MAX_PROSE_WORDS, f"{prose_words(nb)} words of prose"
+
+
+def test_prose_words_counts_words_not_formulas():
+    nb = {"cells": [{"cell_type": "markdown", "source": ["Random walk, $T = D^{-1}A$ (Eq. 3):\n", "$$x^2$$ it's"]},
+                    {"cell_type": "code", "source": ["not prose"]}]}
+    assert prose_words(nb) == 7   # "Random", "walk", x (the formula), "Eq", "3", x, "it's"; code is not prose
