@@ -36,14 +36,13 @@ DATA_ROOT = None            # None: the profile's toy-scenes folder (generated o
 DEVICE = "auto"             # unused here (nothing is trained); every notebook takes the same parameters
 SEED = 0                    # picks which images are shown
 OUT_DIR = "../runs/tutorial"
-USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of the exercises
 N_SHOW = 6                  # images per example figure
 
 # %%
 import dataclasses, time, numpy as np
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
-from wsss_core import boxes, exercises, lesson, viz, widgets
+from wsss_core import boxes, grading, lesson, viz, widgets
 from wsss_core.data import toyscenes
 from wsss_core.data.palette import read_gray_png, read_label_png
 from wsss_core.data.voc import VOCLayoutDataset, parse_voc_xml
@@ -466,46 +465,192 @@ else:
 #
 # ## 9 Exercises
 #
-# **Exercise 1 — image labels from a mask (Eq. 1).** Write `image_label_from_mask(mask, num_classes)`:
-# `mask` `(H, W)` int (0 background, 1..C classes, 255 ignore) → `(num_classes,)` float32 multi-hot, entry
-# `c - 1` set if class `c` occurs.
+# Three functions (7 points) and a written answer (2 points). The lesson uses your answer, or the
+# library's result if yours is missing or wrong.
+#
+# ### Exercise 1 · image labels from a mask, Eq. 1 (2 points)
+#
+# Write `image_label_from_mask(mask, num_classes)`: `mask` `(H, W)` uint8 (0 background, 1..C classes,
+# 255 ignore) → `(num_classes,)` float32 multi-hot, entry `c - 1` set when class `c` occurs. Do not use
+# the data set's own reader (it is unavailable while graded).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "image_label_from_mask_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def image_label_from_mask(mask, num_classes):
     "(H, W) int mask (0 bg, 1..C classes, 255 ignore) → (num_classes,) float32 multi-hot."
-    # YOUR CODE HERE
-    raise NotImplementedError
+    ### BEGIN SOLUTION
+    mask = np.asarray(mask)
+    label = np.zeros(num_classes, np.float32)
+    for c in range(1, num_classes + 1):
+        label[c - 1] = float((mask == c).any())
+    return label
+    ### END SOLUTION
 
 
 # %%
-passed_1 = exercises.check("image_label_from_mask", image_label_from_mask, use_solution=USE_SOLUTIONS)
+r = train.get_raw(int(SHOW[0]))
+label_1 = grading.attempt(image_label_from_mask, lambda m, n: train._label_from_mask(m), r["mask"], C)
+print(f"{r['id']}: {label_names(label_1)} (the XML says {label_names(r['label'])})")
 
+# %% nbgrader={"grade": true, "grade_id": "image_label_from_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("image_label_from_mask"):
+    m = np.array([[0, 2, 255], [2, 0, 4]], np.uint8)                  # classes 2 and 4 of C = 5 occur
+    out = image_label_from_mask(m, 5)
+    assert np.shape(out) == (5,), f"shape {np.shape(out)}, expected (num_classes,) = (5,)"
+    assert np.asarray(out).dtype == np.float32, f"dtype {np.asarray(out).dtype}, expected float32"
+    assert np.array_equal(out, [0, 1, 0, 1, 0]), f"{out} ≠ [0, 1, 0, 1, 0] (entries 2 − 1 and 4 − 1)"
+    assert not np.asarray(image_label_from_mask(np.full((3, 3), 255, np.uint8), 5)).any(), "255 is not a class"
+    ### BEGIN HIDDEN TESTS
+    def _ref_label(mask, num_classes):
+        v = np.unique(mask)
+        lab = np.zeros(num_classes, np.float32)
+        lab[v[(v >= 1) & (v <= num_classes)].astype(int) - 1] = 1
+        return lab
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(6):
+        n = int(rng.integers(2, 21))
+        m = rng.choice(rng.integers(0, n + 1, size=int(rng.integers(1, 4))), size=(int(rng.integers(1, 30)), 17)).astype(np.uint8)
+        m[rng.random(m.shape) < 0.2] = 255
+        cases.append((m, n))
+    grading.check_against(image_label_from_mask, _ref_label, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.data.voc.VOCLayoutDataset._label_from_mask"])
+    ### END HIDDEN TESTS
 
 # %% [markdown]
-# **Exercise 2 — the tight box of a mask (Eq. 2).** Write `tight_box(mask)`: `mask` `(H, W)` bool with at
-# least one True pixel → `(x1, y1, x2, y2)`, 0-based, `x2` and `y2` *exclusive* (the convention of
-# `sample["boxes"]`).
+# ### Exercise 2 · the tight box of an object, Eq. 2 (2 points)
+#
+# Write `tight_box(mask)`: `mask` `(H, W)` bool with at least one True pixel → `(x1, y1, x2, y2)` Python
+# ints, 0-based, `x2`, `y2` *exclusive*. The lesson compares the box of each object's visible pixels with
+# the XML box, written before occlusion and the void outline.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "tight_box_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def tight_box(mask):
     "(H, W) bool mask → (x1, y1, x2, y2) ints, 0-based, x2 / y2 exclusive."
-    # YOUR CODE HERE
-    raise NotImplementedError
+    ### BEGIN SOLUTION
+    rows, cols = np.asarray(mask).any(axis=1), np.asarray(mask).any(axis=0)
+    y = np.flatnonzero(rows)
+    x = np.flatnonzero(cols)
+    return int(x[0]), int(y[0]), int(x[-1]) + 1, int(y[-1]) + 1
+    ### END SOLUTION
 
 
 # %%
-passed_2 = exercises.check("tight_box", tight_box, use_solution=USE_SOLUTIONS)
+from wsss_core.data.voc import _boxes_from_instances
+
+
+def library_box(mask):
+    "The reader's tight box of one mask (its helper for instance masks)."
+    return tuple(int(v) for v in _boxes_from_instances(mask.astype(np.uint8), mask.astype(np.uint8))[0][0])
+
+
+for k, xml_box in enumerate(r["boxes"], start=1):
+    box = grading.attempt(tight_box, library_box, r["instance_mask"] == k, compare=lambda a, b: tuple(int(v) for v in a) == b)
+    print(f"{r['id']} object {k}: tight box of its visible pixels {tuple(box)}, XML box {tuple(int(v) for v in xml_box)}")
+
+# %% nbgrader={"grade": true, "grade_id": "tight_box", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("tight_box"):
+    m = np.zeros((6, 8), bool)
+    m[2, 3] = m[4, 5] = True                                          # pixels (x=3, y=2) and (x=5, y=4)
+    out = tight_box(m)
+    assert len(out) == 4 and all(isinstance(v, (int, np.integer)) for v in out), f"4 ints, not {out!r}"
+    assert tuple(out) == (3, 2, 6, 5), f"{tuple(out)} ≠ (3, 2, 5 + 1, 4 + 1)"
+    ### BEGIN HIDDEN TESTS
+    def _ref_box(mask):
+        ys, xs = np.nonzero(mask)
+        return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(6):
+        m = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.uniform(0.01, 0.2)
+        m[int(rng.integers(0, m.shape[0])), int(rng.integers(0, m.shape[1]))] = True
+        cases.append((m,))
+    grading.check_against(tight_box, _ref_box, cases, seed=grading.seed_of(rng),
+                          compare=lambda a, b: tuple(int(v) for v in a) == tuple(b),
+                          forbid=["wsss_core.data.voc._boxes_from_instances"])
+    ### END HIDDEN TESTS
 
 # %% [markdown]
-# **Exercise 3 — predict, then test (no check cell).** Co-occurrence is set by
-# `ToySceneConfig.p_context_with_class` (0.95) and `p_context_without_class` (0.05).
+# ### Exercise 3 · recall inside a region (3 points)
 #
-# 1. If both were 0.5, what would P(water | boat) and P(water | no boat) be, and how much would the boat
-#    CAM of notebook 01 leak onto water? And if `p_context_without_class` were 0?
-# 2. Render a few hundred scenes with `toyscenes.render_scene(dataclasses.replace(cfg, p_context_with_class=0.5,
-#    p_context_without_class=0.5), i)` and recompute Eq. 5 from `scene.objects` and `scene.context`.
-# 3. Why does the generator keep `p_context_without_class` above zero?
+# Does OpenCV's saliency (§6.5) see badges or bodies? Write `region_recall(pred, gt, region)`: `pred`,
+# `gt` `(H, W)` int label maps (`gt` 255 = ignore), `region` `(H, W)` bool → the share of `gt`'s
+# foreground pixels ($1 \le$ `gt` $\le C$) in `region` where `pred == gt`, a Python float; NaN if none.
+# Do not call `wsss_core.metrics.region_recall`.
+
+# %% nbgrader={"grade": false, "grade_id": "region_recall_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def region_recall(pred, gt, region):
+    "pred, gt (H, W) int, region (H, W) bool → recall of gt's foreground pixels inside region (NaN if none)."
+    ### BEGIN SOLUTION
+    pred, gt, region = np.asarray(pred), np.asarray(gt), np.asarray(region, bool)
+    fg = region & (gt >= 1) & (gt != 255)
+    return float((pred[fg] == gt[fg]).sum() / fg.sum()) if fg.any() else float("nan")
+    ### END SOLUTION
+
+
+# %%
+from wsss_core.metrics import region_recall as lib_region_recall
+
+pred, gt, badge, body = [], [], [], []
+for i in range(min(len(train), 64)):
+    ri = train.get_raw(i)
+    unsup = read_gray_png(train.root / "SaliencyUnsupervised" / f"{ri['id']}.png")
+    pred.append(np.where(unsup >= 0.5, ri["mask"], 0))
+    gt.append(ri["mask"])
+    badge.append(ri["part_mask"] > 0)
+    body.append(ri["part_mask"] == 0)
+pred, gt, badge, body = (np.concatenate(a) for a in (pred, gt, badge, body))   # 64 images stacked: pixels pooled
+recall_badge = grading.attempt(region_recall, lib_region_recall, pred, gt, badge)
+recall_body = grading.attempt(region_recall, lib_region_recall, pred, gt, body)
+print(f"OpenCV saliency ≥ 0.5 recalls {recall_badge:.1%} of the badge pixels and {recall_body:.1%} of the body pixels")
+
+# %% nbgrader={"grade": true, "grade_id": "region_recall", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("region_recall"):
+    p = np.array([[1, 0, 2], [1, 1, 0]])
+    g = np.array([[1, 1, 2], [0, 255, 3]])
+    reg = np.array([[True, True, False], [True, True, True]])
+    out = region_recall(p, g, reg)                 # foreground in region: (0,0)=1 ✓, (0,1)=1 ✗, (1,2)=3 ✗ → 1/3
+    assert isinstance(out, float), f"a Python float, not {type(out).__name__}"
+    assert abs(out - 1 / 3) < 1e-9, f"{out} ≠ 1/3 (0 and 255 in gt are not counted)"
+    assert np.isnan(region_recall(p, g, np.zeros_like(reg))), "an empty region gives NaN"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(6):
+        shape = (int(rng.integers(2, 30)), int(rng.integers(2, 30)))
+        g = rng.integers(0, 5, size=shape)
+        g[rng.random(shape) < 0.15] = 255
+        p = np.where(rng.random(shape) < 0.6, g, rng.integers(0, 5, size=shape)) % 255
+        cases.append((p, g, rng.random(shape) < rng.uniform(0.2, 0.9)))
+    grading.check_against(region_recall, lib_region_recall, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.metrics.region_recall", "wsss_core.metrics._region_counts",
+                                  "wsss_core.metrics.RegionStats.update"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 4 · written: co-occurrence that the data never breaks (2 points)
 #
+# Water comes with a boat with probability `p_context_with_class` (0.95), without one with
+# `p_context_without_class` (0.05). The cell below sets the second to 0 and recomputes Eq. 5. What would
+# a classifier trained on such image labels learn about water, what would its boat CAM do, and why does
+# the generator keep `p_context_without_class` above zero?
+
+# %%
+never_alone = dataclasses.replace(cfg, p_context_without_class=0.0)
+has_boat, has_water = [], []
+for i in range(min(N_RENDER, 200)):
+    sc = toyscenes.render_scene(never_alone, i)
+    has_boat.append(any(o["cls"] == BOAT for o in sc.objects))
+    has_water.append(bool((sc.context == WATER).any()))
+has_boat, has_water = np.array(has_boat), np.array(has_water)
+print(f"p_context_without_class = 0, {len(has_boat)} scenes: P(water | boat) {has_water[has_boat].mean():.3f}, "
+      f"P(water | no boat) {has_water[~has_boat].mean():.3f}, P(boat | water) {has_boat[has_water].mean():.3f}")
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "cooccurrence_written", "locked": false, "points": 2, "schema_version": 3, "solution": true, "task": false}
+# Water now appears only with boats (P(boat | water) = 1): for the image label it is as good evidence
+# of "boat" as the badge, so the boat CAM would cover the water. Water without boats is the only
+# signal that water alone is not a boat; a careful method (EPS, 05) needs it.
+
+# %% [markdown]
 # ## 10 Summary and pointers
 #
 # A weak signal is a function of the full mask that throws most of it away; every WSSS method is a
