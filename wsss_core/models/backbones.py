@@ -179,9 +179,16 @@ class ResNetBackbone(nn.Module):
 
 
 def build_backbone(name: str = "compact", **kw) -> nn.Module:
-    """``"compact"`` → :class:`CompactCNN`; ``"resnet50"`` / ``"resnet101"`` / … → :class:`ResNetBackbone`."""
+    """``"compact"`` → :class:`CompactCNN`; ``"resnet50"`` / ``"resnet101"`` / … → :class:`ResNetBackbone`;
+    ``"lite0-imagenet"`` → :class:`~wsss_core.models.lite0.Lite0Backbone` with the ImageNet weights of the
+    optional extra ``pretrained`` (``"lite0"``: the same network, random init)."""
     if name == "compact":
         return CompactCNN(**kw)
     if name.startswith("resnet"):
         return ResNetBackbone(depth=int(name[len("resnet"):]), **kw)
-    raise ValueError(f"unknown backbone {name!r}: use 'compact' or 'resnet18/34/50/101'")
+    if name in ("lite0-imagenet", "lite0"):
+        from .lite0 import Lite0Backbone
+
+        kw.setdefault("weights", "imagenet" if name == "lite0-imagenet" else None)
+        return Lite0Backbone(**kw)
+    raise ValueError(f"unknown backbone {name!r}: use 'compact', 'resnet18/34/50/101' or 'lite0-imagenet'")
