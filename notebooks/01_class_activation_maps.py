@@ -36,7 +36,6 @@ DATA_ROOT = None            # None: the profile's data folder (toy scenes are ge
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds training and the choice of images shown
 OUT_DIR = "../runs/tutorial"
-USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of the exercises
 EPOCHS = None               # None: the profile's epochs (tutorial: 10)
 CAM_SCALES = None           # None: the profile's CAM scales (tutorial: (1.0,); PSA / IRN: (1.0, 0.5, 1.5, 2.0))
 N_SHOW = 6                  # images in the example figures
@@ -45,7 +44,7 @@ N_SHOW = 6                  # images in the example figures
 import numpy as np, torch
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
-from wsss_core import cams as wcams, engine, exercises, lesson, profiles, viz, widgets
+from wsss_core import cams as wcams, engine, grading, lesson, profiles, viz, widgets
 from wsss_core.stages import cam as stage
 
 L = lesson.setup("01_class_activation_maps", PROFILE, OUT_DIR, data_root=DATA_ROOT, device=DEVICE, seed=SEED)
@@ -414,61 +413,180 @@ else:
 #
 # ## 9 Exercises
 #
-# **Exercise 1 — CAMs from features (Eq. 2).** Write `cam_from_features(features, weights)`: `features`
-# `(B, K, h, w)`, `weights` `(C, K)` → the `(B, C, h, w)` ReLU CAMs, *without* `einsum` (a matrix product
-# over flattened positions, or a 1 × 1 convolution).
-
-# %%
-def cam_from_features(features, weights):
-    "features (B, K, h, w), weights (C, K) → ReLU(w_cᵀ f(x)) as (B, C, h, w)."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_1 = exercises.check("cam_from_features", cam_from_features, use_solution=USE_SOLUTIONS)
-
-
-# %% [markdown]
-# **Exercise 2 — PSA's background score (Eq. 5b).** Write `background_power(cams, alpha)`: `cams` a
-# `(C, H, W)` tensor in $[0, 1]$ → the `(H, W)` map $(1 - \max_c M_c)^\alpha$.
-
-# %%
-def background_power(cams, alpha):
-    "cams (C, H, W) in [0, 1] → (1 − max_c cams)^alpha, shape (H, W)."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_2 = exercises.check("background_power", background_power, use_solution=USE_SOLUTIONS)
-
-
-# %% [markdown]
-# **Exercise 3 — pseudo-labels (Eq. 6).** Write `cams_to_labels(cams, label, threshold)`: `cams` a
-# `(C, H, W)` numpy array, `label` `(C,)` multi-hot, `threshold` the constant background → `(H, W)` int64,
-# 0 = background and `c + 1` for channel `c`; absent classes never win; ties go to background.
-
-# %%
-def cams_to_labels(cams, label, threshold):
-    "cams (C, H, W), label (C,), threshold float → (H, W) int64 labels 0..C."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_3 = exercises.check("cams_to_labels", cams_to_labels, use_solution=USE_SOLUTIONS)
-
-# %% [markdown]
-# **Exercise 4 — open: what sets the blob size?** Predict, then test: with output stride 4 instead of 8
-# (`cfg.replace(backbone_kwargs={**cfg.backbone_kwargs, "output_stride": 4})`), or fewer epochs, do part
-# and body recall go up or down? Train with `stage.train_classifier(cfg4, train_ds, <new folder>)`, make
-# CAMs with `stage.make_cams`, compare `stage.evaluate_cams(...)` with §7, and explain with Eq. 2.
+# Three functions (8 points) and a written answer (2 points). The lesson uses your answer, or the
+# library's result if yours is missing or wrong.
 #
-# **Exercise 5 — open: a threshold without ground truth.** Propose a per-image rule (Otsu on
-# $\max_c M_c$, or a share of each map's maximum) and compare its mIoU with the fixed and oracle
-# thresholds of §7.
+# ### Exercise 1 · the threshold hidden in the power rule (2 points)
 #
+# Write `alpha_to_threshold(alpha)`: the root $\theta \in (0, 1)$ of $(1 - \theta)^\alpha = \theta$ for
+# $\alpha > 0$, as a Python float accurate to $10^{-6}$ (bisection works: the left side minus the right
+# decreases in $\theta$). Do not call `wsss_core.cams.alpha_to_threshold`.
+
+# %% nbgrader={"grade": false, "grade_id": "alpha_to_threshold_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def alpha_to_threshold(alpha):
+    "alpha > 0 → θ in (0, 1) with (1 − θ)^alpha = θ."
+    ### BEGIN SOLUTION
+    lo, hi = 0.0, 1.0
+    while hi - lo > 1e-9:
+        mid = 0.5 * (lo + hi)
+        if (1.0 - mid) ** alpha > mid:
+            lo = mid
+        else:
+            hi = mid
+    return float(0.5 * (lo + hi))
+    ### END SOLUTION
+
+
+# %%
+theta_alpha = grading.attempt(alpha_to_threshold, wcams.alpha_to_threshold, ALPHA)
+print(f"α = {ALPHA:g} acts as the constant background θ = {theta_alpha:.3f}; the oracle θ* is {BEST:g}, IRN's {cfg.eval_threshold:g}")
+
+# %% nbgrader={"grade": true, "grade_id": "alpha_to_threshold", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("alpha_to_threshold"):
+    out = alpha_to_threshold(1.0)
+    assert isinstance(out, float), f"a Python float, not {type(out).__name__}"
+    assert abs(out - 0.5) < 1e-6, f"θ(1) = {out} ≠ 0.5 (1 − θ = θ)"
+    assert abs(alpha_to_threshold(2.0) - (3 - 5 ** 0.5) / 2) < 1e-6, "θ(2) ≠ (3 − √5)/2, the root of θ² − 3θ + 1 = 0"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = [(float(a),) for a in rng.uniform(0.3, 64.0, size=6)]
+    grading.check_against(alpha_to_threshold, wcams.alpha_to_threshold, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.cams.alpha_to_threshold"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 2 · pseudo-labels with PSA's power rule, Eqs. 5b and 6 (3 points)
+#
+# Write `power_labels(cams, label, alpha)`: `cams` `(C, H, W)` float32 numpy in $[0, 1]$, `label` `(C,)`
+# multi-hot, `alpha > 0` → `(H, W)` int64 labels, 0 = background and `c + 1` for channel `c`. The
+# background is $(1 - \max_c M_c)^\alpha$ over the *present* classes only; absent classes never win;
+# ties go to background. Do not call `wsss_core.cams` (its label functions are unavailable while graded).
+
+# %% nbgrader={"grade": false, "grade_id": "power_labels_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def power_labels(cams, label, alpha):
+    "cams (C, H, W), label (C,), alpha → (H, W) int64 labels 0..C with the background (1 − max M)^alpha."
+    ### BEGIN SOLUTION
+    cams = np.asarray(cams, np.float32)
+    present = np.asarray(label).astype(bool)
+    masked = np.where(present[:, None, None], cams, np.float32(-1.0))
+    bg = ((1.0 - np.where(present[:, None, None], cams, 0).max(axis=0)) ** alpha).astype(np.float32)
+    return np.concatenate([bg[None], masked]).argmax(axis=0).astype(np.int64)
+    ### END SOLUTION
+
+
+# %%
+M_i, lab_i, raw = load(SHOW[0])
+pl_power = grading.attempt(power_labels, lambda c, l, a: wcams.cams_to_labels(c, l, alpha=a), M_i, lab_i, ALPHA)
+pl_best = wcams.cams_to_labels(M_i, lab_i, threshold=BEST)
+print(f"{raw['id']}: foreground share {(pl_power > 0).mean():.1%} with α = {ALPHA:g}, {(pl_best > 0).mean():.1%} at θ* = {BEST:g}; "
+      f"true {((raw['mask'] > 0) & (raw['mask'] != 255)).mean():.1%}")
+
+# %% nbgrader={"grade": true, "grade_id": "power_labels", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("power_labels"):
+    m = np.array([[[0.9, 0.1, 0.3]], [[0.2, 0.8, 0.1]]], np.float32)          # (C=2, H=1, W=3)
+    out = power_labels(m, np.array([1, 1]), 1.0)         # bg = 1 − max = [0.1, 0.2, 0.7] → [1, 2, 0]
+    assert np.shape(out) == (1, 3), f"shape {np.shape(out)}, expected (H, W) = (1, 3)"
+    assert np.asarray(out).dtype == np.int64, f"dtype {np.asarray(out).dtype}, expected int64"
+    assert np.array_equal(out, [[1, 2, 0]]), f"{out} ≠ [[1, 2, 0]]"
+    out = power_labels(m, np.array([1, 0]), 1.0)         # class 2 absent: bg = 1 − [0.9, 0.1, 0.3] → [1, 0, 0]
+    assert np.array_equal(out, [[1, 0, 0]]), f"{out} ≠ [[1, 0, 0]] (absent classes neither win nor raise the max)"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        c = int(rng.integers(1, 7))
+        lab = (rng.random(c) < 0.6).astype(np.float32)
+        lab[int(rng.integers(0, c))] = 1
+        cases.append((rng.random((c, int(rng.integers(2, 20)), 13)).astype(np.float32), lab, float(rng.uniform(1, 32))))
+    grading.check_against(power_labels, lambda c, l, a: wcams.cams_to_labels(c, l, alpha=a), cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.cams.cams_to_labels", "wsss_core.cams.with_background",
+                                  "wsss_core.cams._with_background_np", "wsss_core.cams.background_power",
+                                  "wsss_core.cams.alpha_to_threshold", "wsss_core.cams.threshold_sweep"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 3 · the context leak of one image (3 points)
+#
+# Write `context_leak(pred, gt, context_mask, c, k)`: `pred`, `gt` `(H, W)` int label maps (`gt` 255 =
+# ignore), `context_mask` `(H, W)` int region ids, `c` a class, `k` a context id → the share of the
+# region $\{x : \text{context}(x) = k,\ \text{gt}(x) \notin \{c, 255\}\}$ that `pred` labels `c`, a Python
+# float, NaN for an empty region. The lesson measures it on §8's images.
+
+# %% nbgrader={"grade": false, "grade_id": "context_leak_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def context_leak(pred, gt, context_mask, c, k):
+    "Share of context-k pixels (gt not c, not ignored) labelled c; NaN if there are none."
+    ### BEGIN SOLUTION
+    pred, gt, context_mask = np.asarray(pred), np.asarray(gt), np.asarray(context_mask)
+    region = (context_mask == k) & (gt != c) & (gt != 255)
+    return float((pred[region] == c).sum() / region.sum()) if region.any() else float("nan")
+    ### END SOLUTION
+
+
+# %%
+from wsss_core.metrics import ConfusionRatio
+
+
+def library_context_leak(pred, gt, context_mask, c, k):
+    return ConfusionRatio().update(pred, gt, context_mask, {"pair": (c, k)}).leak()["pair"]
+
+
+for pair, i in scores.get("leak_example", {}).items():
+    if i is not None:
+        (c, k), (M_i, lab_i, raw) = L.data.context_pairs[pair], load(i)
+        pl = wcams.cams_to_labels(M_i, lab_i, threshold=BEST)
+        leak = grading.attempt(context_leak, library_context_leak, pl, raw["mask"], raw["context_mask"], c, k)
+        print(f"{raw['id']}: {leak:.1%} of the {pair.split('/')[1]} labelled {NAMES[c]} at θ* = {BEST:g}")
+
+# %% nbgrader={"grade": true, "grade_id": "context_leak", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("context_leak"):
+    p, g, ctx = np.array([[1, 1, 0, 2]]), np.array([[0, 255, 0, 1]]), np.array([[1, 1, 1, 0]])
+    out = context_leak(p, g, ctx, 1, 1)                  # region: pixels 0 and 2 (pixel 1 ignored); pred = 1 at pixel 0
+    assert isinstance(out, float), f"a Python float, not {type(out).__name__}"
+    assert abs(out - 0.5) < 1e-9, f"{out} ≠ 1/2"
+    assert np.isnan(context_leak(p, g, ctx, 1, 2)), "no pixel of context 2: NaN"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(6):
+        shape = (int(rng.integers(3, 25)), int(rng.integers(3, 25)))
+        g = rng.integers(0, 4, size=shape)
+        g[rng.random(shape) < 0.1] = 255
+        cases.append((rng.integers(0, 4, size=shape), g, rng.integers(0, 3, size=shape), int(rng.integers(1, 4)), int(rng.integers(1, 3))))
+    grading.check_against(context_leak, library_context_leak, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.metrics.ConfusionRatio.update", "wsss_core.metrics.ConfusionRatio.leak",
+                                  "wsss_core.metrics.ConfusionRatio.ratios", "wsss_core.metrics._bg_leak_counts",
+                                  "wsss_core.metrics.background_leak", "wsss_core.evaluation.LabelMapEvaluator.update"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 4 · written: a threshold without ground truth (2 points)
+#
+# $\theta^*$ is an oracle. The cell below picks a threshold per image with Otsu's method on
+# $\max_c M_c$ (no ground truth) and scores it next to the fixed and oracle thresholds. Run it, then
+# explain in the cell after it where Otsu's thresholds land, why its mIoU is where it is, and what the
+# method assumes about the histogram of $\max_c M_c$.
+
+# %%
+import cv2
+
+cm_otsu, otsu_th = ConfusionMatrix(C + 1), []
+for i in range(len(eval_ds)):
+    M_i, lab_i, raw = load(i)
+    t, _ = cv2.threshold((255 * (M_i * lab_i[:, None, None]).max(0)).astype(np.uint8), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    otsu_th.append(t / 255)
+    cm_otsu.update(wcams.cams_to_labels(M_i, lab_i, threshold=t / 255), raw["mask"])
+print(f"Otsu: θ median {np.median(otsu_th):.2f} (10–90 %: {np.percentile(otsu_th, 10):.2f}–{np.percentile(otsu_th, 90):.2f}), "
+      f"mIoU {cm_otsu.miou():.3f}, precision {cm_otsu.fg_precision():.3f}, recall {cm_otsu.fg_recall():.3f}; "
+      f"fixed θ = {cfg.eval_threshold:g}: {fixed['miou']:.3f}; oracle θ* = {BEST:g}: {report['miou']:.3f}")
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "otsu_threshold_written", "locked": false, "points": 2, "schema_version": 3, "solution": true, "task": false}
+# (tutorial run) Otsu's thresholds cluster around 0.34, near the oracle θ* = 0.3 and far above IRN's
+# 0.15, so its mIoU (0.564) nearly matches the oracle's (0.568) and beats the fixed threshold's (0.558):
+# more precise (0.76 vs 0.61), less complete (recall 0.62 vs 0.76). Otsu assumes a bimodal histogram,
+# object vs background; a CAM that covers only the badge gives a small, high mode and a threshold
+# that cuts the body away.
+
+# %% [markdown]
 # ## 10 Summary and pointers
 #
 # * A GAP classifier's last layer applied at every location is a **CAM** (Eq. 2); its mean is the
