@@ -2,6 +2,8 @@
 
     wsss data toy --profile tutorial --out data/toy/tutorial   # generate the toy scenes
     wsss data validate data/toy/tutorial --split train         # check a VOC-layout tree, list bad files
+    wsss data fetch --list                                     # real datasets it can download (VOC, SBD)
+    wsss data fetch voc2012 sbd                                # → data/VOCdevkit/VOC2012 (+ train_aug)
     wsss cam --profile tutorial --out runs/cli/cam             # train classifier, CAMs, pseudo-labels, metrics
     wsss segment --profile tutorial --labels runs/cli/cam/pseudo_labels --out runs/cli/seg_cam
                                                                # DeepLab on a pseudo-label folder, val mIoU
@@ -29,6 +31,21 @@ def _cmd_data(a) -> int:
         if a.force:
             argv.append("--force")
         return toy_main(argv)
+    if a.what == "fetch":
+        from .data import fetch as F
+        from .profiles import default_data_dir
+
+        if a.list or not a.names:
+            print(F.describe())
+            return 0 if a.list else 2
+        data = Path(a.data_root) if a.data_root else default_data_dir()
+        try:
+            for name in a.names:
+                F.fetch(name, data, trust_unknown=a.trust_unknown_checksum)
+        except F.FetchError as e:
+            print(f"wsss data fetch: {e}", file=sys.stderr)
+            return 1
+        return 0
     from .data.voc import VOCLayoutDataset
 
     ds = VOCLayoutDataset(a.root, a.split)
@@ -115,6 +132,15 @@ def main(argv=None) -> int:
     v = dsub.add_parser("validate", help="read every item of a VOC-layout split, report all bad files")
     v.add_argument("root")
     v.add_argument("--split", default="train")
+    f = dsub.add_parser("fetch", help="download a real dataset (checksummed, resumable) into data/ in VOC layout",
+                        description="Download, check and extract a real dataset (see wsss_core/data/fetch.py and "
+                                    "data/README.md). Archives go to <data>/downloads/; a file put there by hand "
+                                    "with the right checksum is used; an interrupted download resumes.")
+    f.add_argument("names", nargs="*", metavar="NAME", help="dataset names (see --list), fetched in order")
+    f.add_argument("--list", action="store_true", help="name the datasets it knows, their URLs and checksums")
+    f.add_argument("--data-root", help="data folder (default: $WSSS_DATA or the checkout's data/)")
+    f.add_argument("--trust-unknown-checksum", action="store_true",
+                   help="extract an archive whose checksum is not published (its computed SHA-256 is printed)")
     d.set_defaults(fn=_cmd_data)
 
     c = sub.add_parser("cam", help="the CAM stage: classifier, CAMs, pseudo-labels, metrics")
