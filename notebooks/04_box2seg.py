@@ -38,7 +38,7 @@
 # %% [markdown]
 # ## 2 Parameters
 #
-# Papermill overwrites these values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`, `USE_SOLUTIONS`).
+# Papermill overwrites these values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`).
 
 # %% tags=["parameters"]
 PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (2 free CPU cores: ≈ 3 min after 00/01, < 1 min rerun) | "study" | "paper"
@@ -46,7 +46,6 @@ DATA_ROOT = None            # None: the profile's default data folder (toy scene
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds the trainings and the choice of images shown
 OUT_DIR = "../runs/tutorial"
-USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of the exercises
 EPOCHS = None               # None: the profile's epochs (8 at tutorial, the same for every setting)
 N_SHOW = 4                  # images in the example figures
 N_ATTENTION_IMAGES = 300    # training images over which the attention is compared with GrabCut's errors
@@ -56,7 +55,7 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
-from wsss_core import boxes, exercises, lesson, profiles, viz, widgets
+from wsss_core import boxes, grading, lesson, profiles, viz, widgets
 from wsss_core import losses_box2seg as losses
 from wsss_core.data.palette import read_label_png
 from wsss_core.stages import box2seg as stage
@@ -393,71 +392,228 @@ if att and att["boxes"]:
 # Look at the camouflaged boxes (red, and the printed line): where their attention sits near GrabCut's
 # $\rho$ rather than the true filling rate, it reproduces GrabCut's collapse. Remedies: BCM's **per-class** mean filling rate
 # (`LossConfig(rho="class_mean")`, the study's winning variant) or GrabCut falling back to the filled box
-# when it keeps too little (Exercise 4). A second limit: the attention finds GrabCut's errors (§6.1), but
+# when it keeps too little (the question of §9). A second limit: the attention finds GrabCut's errors (§6.1), but
 # B1 still pulls every pixel to GrabCut's label; letting the attention gate B1 collapsed in the study.
 
 # %% [markdown]
 # ## 9 Exercises
 #
-# **Exercise 1 — assemble a label map (Eq. 2).** Write `paste_box_masks(masks, boxes, labels, shape)`:
-# `masks` is a list of `(H, W)` bool arrays (one per box), `boxes` a `(K, 4)` array of
-# `x1, y1, x2, y2` (exclusive), `labels` the `K` classes; return the `(H, W)` uint8 label map in which the
-# smallest box wins where masks overlap (equal areas: the later box), 0 elsewhere.
-
-# %%
-def paste_box_masks(masks, boxes, labels, shape):
-    "masks: K arrays (H, W) bool; boxes (K, 4) x1, y1, x2, y2; labels (K,) → (H, W) uint8, smaller boxes win."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_1 = exercises.check("paste_box_masks", paste_box_masks, use_solution=USE_SOLUTIONS)
-
-
-# %% [markdown]
-# **Exercise 2 — the attention-weighted loss (B2).** Write `attention_weighted_loss(logits, attention,
-# box_map, box_classes)`: `logits` `(B, C + 1, H, W)`, `attention` `(B, C, H, W)` in $[0, 1]$ (channel
-# $c - 1$ is class $c$), `box_map` `(B, H, W)` box indices (−1 outside), `box_classes` `(N,)`. Return the
-# mean over box pixels of $-A_c(x) \log p_c(x)$, $c$ the class of the pixel's box.
-
-# %%
-def attention_weighted_loss(logits, attention, box_map, box_classes):
-    "−mean over box pixels of A_c(x) · log softmax(logits)_c(x), c = box_classes[box_map[x]]."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_2 = exercises.check("attention_weighted_loss", attention_weighted_loss, use_solution=USE_SOLUTIONS)
-
-
-# %% [markdown]
-# **Exercise 3 — the filling-rate penalty (B3).** Write `filling_rate_loss(attention, box_map,
-# box_classes, rho)`: for each box $k$ that has pixels, the mean of $A_{c_k}$ over its pixels minus
-# $\rho_k$, squared; return the mean over those boxes.
-
-# %%
-def filling_rate_loss(attention, box_map, box_classes, rho):
-    "mean over boxes with pixels of (mean of A_{c_k} over box k − rho_k)²."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_3 = exercises.check("filling_rate_loss", filling_rate_loss, use_solution=USE_SOLUTIONS)
-
-# %% [markdown]
-# **Exercise 4 — open: a filling rate that does not trust a collapsed GrabCut.** Make GrabCut fall back to
-# the filled box when it keeps less than 20 % of it:
-# `cfg2 = cfg.replace(grabcut=dataclasses.replace(cfg.grabcut, min_fill=0.2))`,
-# `sd2 = stage.prepare(cfg2, L.data, L.out, backbone=backbone)`, then
-# `stage.run_settings(["grabcut_ce", "box2seg"], cfg2, sd2, L.out)`. Predict first: which objects of §7.1's
-# table should gain, and can it cost anything on plain objects?
+# Three graded exercises (8 points) and a written question (2 points). A missing or wrong answer never
+# stops the lesson: it goes on with the library's result. Do not call the function you re-implement.
 #
-# **Exercise 5 — open: the embedding radius.** Retrain with
-# `cfg.replace(box2seg=dataclasses.replace(cfg.box2seg, emb_radius=5.0))`. What does a larger radius change
-# in the pairs of B4–B6, and in the cost per step?
+# ### Exercise 1 · GrabCut's filling rate on a box's own pixels (2 points)
+#
+# B3 measures $\rho_k$ on $\Omega_k$, not on the whole rectangle. Write `region_filling_rate(label, box_map,
+# box_labels)`: an `(H, W)` label map (255 = ignore), the `(H, W)` smallest-box index (−1 outside), the `K`
+# classes → `(K,)` float32: the share of box $k$'s own non-ignored pixels labelled $c_k$ (NaN: no pixel).
+
+# %% nbgrader={"grade": false, "grade_id": "region_filling_rate_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def region_filling_rate(label, box_map, box_labels):
+    """(H, W) labels, (H, W) smallest-box index, (K,) classes → (K,) float32 ρ_k on Ω_k (NaN: no pixel)."""
+    ### BEGIN SOLUTION
+    label, box_map = np.asarray(label), np.asarray(box_map)
+    out = np.full(len(box_labels), np.nan, np.float32)
+    for k, c in enumerate(np.asarray(box_labels).reshape(-1)):
+        own = (box_map == k) & (label != 255)
+        if own.any():
+            out[k] = (label[own] == c).mean()
+    return out
+    ### END SOLUTION
+
+
+# %% [markdown]
+# §1's first image: GrabCut's $\rho_k$ and the true filling rate of each box.
+
+# %%
+r0 = raws[SHOW[0]]
+gc0, bmap0 = read_label_png(sd.gc_dir / f"{r0['id']}.png"), boxes.box_index_map(r0["boxes"], r0["mask"].shape)
+rho0 = grading.attempt(region_filling_rate, boxes.region_filling_rates, gc0, bmap0, r0["box_labels"])
+true0 = boxes.region_filling_rates(r0["mask"], bmap0, r0["box_labels"])
+for k, (c, p, t) in enumerate(zip(r0["box_labels"], rho0, true0)):
+    print(f"{r0['id']} box {k} ({NAMES[c]}): GrabCut ρ {p:.2f}, true filling rate {t:.2f}")
+
+# %% nbgrader={"grade": true, "grade_id": "region_filling_rate", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("region_filling_rate"):
+    lab_t = np.array([[1, 1, 0, 2], [255, 0, 2, 2]])
+    bmap_t = np.array([[0, 0, 0, 1], [0, 0, 1, -1]])
+    out = region_filling_rate(lab_t, bmap_t, [1, 2])
+    assert isinstance(out, np.ndarray) and out.shape == (2,), f"a (K,) = (2,) array, got {type(out).__name__} {np.shape(out)}"
+    assert out.dtype == np.float32, f"dtype {out.dtype}, expected float32"
+    # box 0 owns 5 pixels, one of them ignored: 2 of the 4 others are class 1; box 1: 2 of 2 are class 2
+    assert np.allclose(out, [0.5, 1.0]), f"{out} ≠ [2/4, 2/2]"
+    assert np.isnan(region_filling_rate(lab_t, bmap_t, [1, 2, 3])[2]), "a box without pixels gives NaN"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        H, W, K = int(rng.integers(4, 12)), int(rng.integers(4, 12)), int(rng.integers(1, 5))
+        lab_r = rng.integers(0, 4, size=(H, W))
+        lab_r[rng.random((H, W)) < 0.15] = 255
+        cases.append((lab_r, rng.integers(-1, K + 1, size=(H, W)), rng.integers(1, 4, size=K + 1)))
+    grading.check_against(region_filling_rate, boxes.region_filling_rates, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.boxes.region_filling_rates"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 2 · letting the attention gate the cross-entropy (3 points)
+#
+# §8 mentions an experiment: inside a box, where GrabCut says *background*, weight the cross-entropy (B1) by
+# $1 - A_{c_k}(x)$, so that a pixel the attention calls object is no longer pulled to background:
+#
+# $$\mathcal{L}'_{ce} = -\frac{1}{|\Omega|} \sum_{x \in \Omega} w(x) \log p_{Y(x)}(x), \quad
+# w(x) = \begin{cases} 1 - A_{c_{k(x)}}(x) & x \in \Omega_B,\ Y(x) = 0 \\ 1 & \text{otherwise,}\end{cases}$$
+#
+# $\Omega$ the pixels with $Y \ne 255$. Write `gated_ce(logits, target, attention, box_map, box_classes)`
+# (shapes of B1 and B2) → a scalar tensor.
+
+# %% nbgrader={"grade": false, "grade_id": "gated_ce_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def gated_ce(logits, target, attention, box_map, box_classes):
+    """B1 with the weight 1 − A_{c_k} on GrabCut's background pixels inside boxes (B1′) → scalar tensor."""
+    ### BEGIN SOLUTION
+    logp = torch.log_softmax(logits.float(), dim=1)
+    valid = target != 255
+    nll = -logp.gather(1, torch.where(valid, target, 0).long()[:, None])[:, 0]
+    inside = box_map >= 0
+    cls = box_classes.long()[box_map.clamp_min(0)]                          # class of the pixel's box
+    a = attention.float().gather(1, (cls - 1).clamp_min(0)[:, None])[:, 0]
+    w = torch.where(inside & (target == 0), 1.0 - a, torch.ones_like(a))
+    return (w * nll)[valid].sum() / valid.sum()
+    ### END SOLUTION
+
+
+# %% [markdown]
+# On §4.2's example with a GrabCut-like target: B1 and B1′ for two attentions.
+
+# %%
+target_q = torch.where(box_map_q >= 0, classes_q[box_map_q.clamp_min(0)], torch.zeros_like(box_map_q))
+target_q[torch.rand(2, 4, 5, generator=g) < 0.4] = 0                              # GrabCut drops some box pixels
+b1 = losses.cross_entropy(logits_q, target_q)
+for name, a_ in (("attention as given", att_q), ("attention ≡ 1", torch.ones_like(att_q))):
+    b1g = grading.attempt(gated_ce, losses.gated_cross_entropy, logits_q, target_q, a_, box_map_q, classes_q)
+    print(f"{name:20s}: B1 {float(b1):.4f} → B1′ {float(b1g):.4f}")
+
+# %% nbgrader={"grade": true, "grade_id": "gated_ce", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("gated_ce"):
+    lg = torch.zeros(1, 3, 1, 3)                                   # uniform: −log p = log 3 at every pixel
+    tg = torch.tensor([[[0, 2, 255]]])
+    at = torch.full((1, 2, 1, 3), 0.75)
+    bm = torch.tensor([[[0, 0, -1]]])
+    out = gated_ce(lg, tg, at, bm, torch.tensor([2]))
+    assert out.ndim == 0 and out.dtype == torch.float32, f"a float32 scalar tensor, got {tuple(out.shape)} {out.dtype}"
+    # pixel 0: background in box → weight 1 − 0.75; pixel 1: class 2 → weight 1; pixel 2 ignored
+    assert abs(float(out) - (0.25 + 1.0) * np.log(3) / 2) < 1e-5, f"{float(out)} ≠ (0.25 + 1) log 3 / 2"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(4):
+        B, C_, H, W, K = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(2, 7)), int(rng.integers(2, 7)),
+                          int(rng.integers(1, 4)))
+        t = torch.as_tensor(rng.integers(0, C_ + 1, size=(B, H, W)))
+        t[torch.as_tensor(rng.random((B, H, W)) < 0.2)] = 255
+        cases.append((torch.as_tensor(rng.normal(size=(B, C_ + 1, H, W)), dtype=torch.float32), t,
+                      torch.as_tensor(rng.random((B, C_, H, W)), dtype=torch.float32),
+                      torch.as_tensor(rng.integers(-1, K, size=(B, H, W))), torch.as_tensor(rng.integers(1, C_ + 1, size=K))))
+    grading.check_against(gated_ce, losses.gated_cross_entropy, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.losses_box2seg.gated_cross_entropy", "wsss_core.losses_box2seg.cross_entropy",
+                                  "wsss_core.losses_box2seg.attention_weighted_loss", "wsss_core.losses_box2seg._box_class_map",
+                                  "wsss_core.losses_box2seg._gather_class"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 3 · the embedding pre-training loss (B4) (3 points)
+#
+# Write `embedding_label_loss(emb, labels, radius)`: `emb` `(B, E, h, w)` unit vectors, `labels` `(B, h, w)`
+# int64 (255 = ignore). Over the pairs $(i, j = i + (dy, dx))$ inside the map with $0 < dy^2 + dx^2 < r^2$,
+# each unordered pair once ($dy > 0$, or $dy = 0$ and $dx > 0$), $a_{ij} = (1 + e_i^\top e_j)/2$ clamped to
+# $[10^{-5}, 1 - 10^{-5}]$; pairs touching 255 skipped. Return
+# $\tfrac14 \overline{-\log a}_{\,bg^+} + \tfrac14 \overline{-\log a}_{\,fg^+} + \tfrac12 \overline{-\log(1 - a)}_{\,-}$
+# ($bg^+$: both 0; $fg^+$: the same class; $-$: different), each a mean over its pairs (none: 0).
+
+# %% nbgrader={"grade": false, "grade_id": "embedding_label_loss_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def embedding_label_loss(emb, labels, radius):
+    """(B, E, h, w) unit embeddings, (B, h, w) labels → B4, the balanced pair loss (scalar tensor)."""
+    ### BEGIN SOLUTION
+    emb, lab = emb.float(), labels.long()
+    h, w = lab.shape[-2:]
+    r = int(np.ceil(radius))
+    terms = {"bg": [], "fg": [], "neg": []}
+    for dy in range(0, r + 1):
+        for dx in range(-r, r + 1):
+            if not ((dy > 0 or dx > 0) and 0 < dy * dy + dx * dx < radius * radius):
+                continue
+            y0, y1, x0, x1 = 0, h - dy, max(0, -dx), min(w, w - dx)       # pixels i whose partner j is inside
+            if y1 <= y0 or x1 <= x0:
+                continue
+            ei, ej = emb[..., y0:y1, x0:x1], emb[..., y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+            li, lj = lab[..., y0:y1, x0:x1], lab[..., y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+            a = ((1 + (ei * ej).sum(1)) / 2).clamp(0, 1).clamp(1e-5, 1 - 1e-5)
+            ok, same = (li != 255) & (lj != 255), li == lj
+            terms["bg"].append(-torch.log(a[ok & same & (li == 0)]))
+            terms["fg"].append(-torch.log(a[ok & same & (li != 0)]))
+            terms["neg"].append(-torch.log(1 - a[ok & ~same]))
+    out = emb.sum() * 0
+    for name, wt in (("bg", 0.25), ("fg", 0.25), ("neg", 0.5)):
+        v = torch.cat(terms[name]) if terms[name] else torch.zeros(0)
+        if v.numel():
+            out = out + wt * v.mean()
+    return out
+    ### END SOLUTION
+
+
+# %% [markdown]
+# The trained network's embeddings of §1's first image against GrabCut's labels, for two radii.
+
+# %%
+if b2s is not None:
+    with torch.no_grad():
+        out0 = b2s(stage.image_tensor(r0["image"])[None].to(next(b2s.parameters()).device))
+    emb0 = out0["emb"].cpu()
+    lab0 = torch.as_tensor(gc0)[None, None].float()
+    lab0 = torch.nn.functional.interpolate(lab0, size=emb0.shape[-2:], mode="nearest")[:, 0].long()
+    for rad in (2.0, 3.0):
+        l4 = grading.attempt(embedding_label_loss, losses.embedding_label_loss, emb0, lab0, rad)
+        print(f"B4 at radius {rad:g} ({len(losses.pair_offsets(rad))} offsets): {float(l4):.4f}")
+
+# %% nbgrader={"grade": true, "grade_id": "embedding_label_loss", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("embedding_label_loss"):
+    e = torch.tensor([[[[1.0, 0.0, 1.0]], [[0.0, 1.0, 0.0]]]])      # (1, E=2, 1, 3): e = (1,0), (0,1), (1,0)
+    lb = torch.tensor([[[0, 0, 1]]])
+    out = embedding_label_loss(e, lb, 1.5)
+    assert out.ndim == 0 and out.dtype == torch.float32, f"a float32 scalar tensor, got {tuple(out.shape)} {out.dtype}"
+    # radius 1.5 on one row: only the pairs (0,1) and (1,2), both with a = (1 + 0)/2 = ½. (0,1) is bg⁺:
+    # −log ½; (1,2) has different labels: −log(1 − ½); no fg⁺ pair → ¼ log 2 + ½ log 2
+    assert abs(float(out) - 0.75 * np.log(2)) < 1e-5, f"{float(out)} ≠ ¾ log 2"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(4):
+        B, E, h, w = int(rng.integers(1, 3)), int(rng.integers(2, 5)), int(rng.integers(2, 8)), int(rng.integers(2, 8))
+        e_r = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(B, E, h, w)), dtype=torch.float32), dim=1)
+        l_r = torch.as_tensor(rng.integers(0, 3, size=(B, h, w)))
+        l_r[torch.as_tensor(rng.random((B, h, w)) < 0.1)] = 255
+        cases.append((e_r, l_r, float(rng.choice([1.5, 2.0, 3.0, 3.5]))))
+    grading.check_against(embedding_label_loss, losses.embedding_label_loss, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.losses_box2seg.embedding_label_loss", "wsss_core.losses_box2seg.pair_affinity",
+                                  "wsss_core.losses_box2seg.pair_offsets", "wsss_core.losses_box2seg.shift",
+                                  "wsss_core.losses_box2seg.embedding_agreement_loss"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Question · a filling rate that does not trust a collapsed GrabCut (2 points, graded by hand)
+#
+# Let GrabCut fall back to the filled box when it keeps under 20 % of it, and retrain:
+# `cfg2 = cfg.replace(grabcut=dataclasses.replace(cfg.grabcut, min_fill=0.2))`,
+# `sd2 = stage.prepare(cfg2, L.data, L.out, backbone=backbone)`,
+# `stage.run_settings(["grabcut_ce", "box2seg"], cfg2, sd2, L.out)`, then `stage.grabcut_report(train_raw, sd2.gc_dir, sd2.gc_manifest["fill"], FLAGS)`.
+# Which objects of §7.1 gain, which can lose, and what happens to §8's camouflaged boxes? Answer in
+# 2–4 sentences below, with your numbers.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "min_fill_fallback", "locked": false, "points": 2, "schema_version": 3, "solution": true, "task": false}
+# *Model answer.* Camouflaged objects gain: GrabCut's slivers become filled boxes, so their recall and
+# $\rho$ move towards the true filling rate, and B3 stops asking the attention to cover a sliver. The
+# price is over-estimation: a filled box takes all its background, and a thin or non-convex object whose
+# correct mask fills under 20 % of its box loses precision. Plain objects barely change.
+
 
 # %% [markdown]
 # ## 10 Summary and pointers
