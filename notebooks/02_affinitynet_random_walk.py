@@ -35,7 +35,6 @@ DATA_ROOT = None            # None: the profile's data folder (toy scenes are ge
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds training and the choice of images shown
 OUT_DIR = "../runs/tutorial"
-USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of the exercises
 EPOCHS = None               # None: the profile's AffinityNet epochs (tutorial: 14 of batch 8; study: 30 of batch 16)
 USE_CRF = None              # None: the profile's choice (a dense CRF on the affinity labels; needs pydensecrf2)
 N_SHOW = 5                  # images in the example figures
@@ -44,7 +43,7 @@ N_SHOW = 5                  # images in the example figures
 import math, numpy as np, torch
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
-from wsss_core import affinity as A, cams as wcams, exercises, lesson, profiles, viz, widgets
+from wsss_core import affinity as A, cams as wcams, grading, lesson, profiles, viz, widgets
 from wsss_core.data.palette import read_label_png
 from wsss_core.metrics import ConfusionMatrix
 from wsss_core.stages import affinity as stage, cam as cam_stage
@@ -465,70 +464,187 @@ print(f"β = 1: mIoU {sw['beta']['miou'][0]:.3f}, foreground recall {sw['beta'][
 # %% [markdown]
 # ## 9 Exercises
 #
-# **Exercise 1 — the pair sets (Eq. 3).** Write `pair_sets(label, radius)`: `label` is an `(h, w)`
-# integer numpy array (0 background, $c > 0$ a class, 255 neutral); return three `(K, h, w)` boolean
-# arrays `(bg_pos, fg_pos, neg)` over the forward offsets of `wsss_core.affinity.pair_offsets(radius)`
-# (in that order), where entry `[k, y, x]` describes the pair `(y, x)`–`(y + dy_k, x + dx_k)`. Try it
-# without loops over pixels (one slice per offset).
+# Three functions (8 points) and a written answer (2 points). The lesson uses your answer, or the
+# library's result if yours is missing or wrong.
+#
+# ### Exercise 1 · AffinityNet's boundary map (2 points)
+#
+# Write `boundary_map(aff, radius)`: `aff` `(K, h, w)` forward affinities (offsets in the order of
+# `A.pair_offsets(radius)`, 0 where the target leaves the grid) → the `(h, w)` float32 map
+# $1 - \min(a_{\rightarrow}, a_{\downarrow})$, where $a_{\rightarrow}$, $a_{\downarrow}$ are the affinities to the right
+# and lower neighbours; a neighbour off the grid does not count. Do not call `A.boundary_map`.
+
+# %% nbgrader={"grade": false, "grade_id": "boundary_map_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def boundary_map(aff, radius):
+    "aff (K, h, w) → (h, w) float32: 1 − min(affinity to the right, affinity below), in-grid neighbours only."
+    ### BEGIN SOLUTION
+    aff = np.asarray(torch.as_tensor(aff, dtype=torch.float32))
+    offs = A.pair_offsets(radius)
+    right, down = aff[offs.index((0, 1))], aff[offs.index((1, 0))]
+    a = np.ones(aff.shape[1:], np.float32)
+    a[:, :-1] = np.minimum(a[:, :-1], right[:, :-1])
+    a[:-1] = np.minimum(a[:-1], down[:-1])
+    return 1 - a
+    ### END SOLUTION
+
 
 # %%
-def pair_sets(label, radius):
-    "label (h, w) int → (bg_pos, fg_pos, neg), each (K, h, w) bool over A.pair_offsets(radius)."
-    # YOUR CODE HERE
-    raise NotImplementedError
+aff_ex = torch.as_tensor(affinities_of(EX)).float().cpu()
+bmap = np.asarray(grading.attempt(boundary_map, A.boundary_map, aff_ex, cfg.rw_radius))
+Yg = A.downsample_labels(load(EX)[2]["mask"].astype(np.int64), STRIDE)
+edge = np.zeros(Yg.shape, bool)                           # grid cells whose true label differs from the right / lower one
+edge[:, :-1] |= Yg[:, :-1] != Yg[:, 1:]
+edge[:-1] |= Yg[:-1] != Yg[1:]
+print(f"{eval_ds.ids[EX]}: mean boundary {bmap[edge].mean():.2f} on the true label edges, {bmap[~edge].mean():.2f} elsewhere")
 
-
-# %%
-passed_1 = exercises.check("pair_sets", pair_sets, use_solution=USE_SOLUTIONS)
-
+# %% nbgrader={"grade": true, "grade_id": "boundary_map", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("boundary_map"):
+    offs = A.pair_offsets(2)
+    a = torch.ones(len(offs), 3, 4)
+    a[offs.index((0, 1)), :, -1] = 0                      # off the grid on the right: must not count
+    a[offs.index((1, 0)), -1, :] = 0                      # off the grid below
+    a[offs.index((0, 1)), 0, 0], a[offs.index((1, 0)), 0, 0] = 0.3, 0.6   # (0, 0): 1 − min(0.3, 0.6) = 0.7
+    out = np.asarray(boundary_map(a, 2))
+    assert out.shape == (3, 4), f"shape {out.shape}, expected (h, w) = (3, 4)"
+    assert out.dtype == np.float32, f"dtype {out.dtype}, expected float32"
+    want = np.zeros((3, 4), np.float32)
+    want[0, 0] = 0.7
+    assert np.allclose(out, want, atol=1e-6), f"{out} ≠ 0.7 at (0, 0) and 0 elsewhere"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        r = int(rng.integers(2, 6))
+        f = torch.as_tensor(rng.normal(size=(3, int(rng.integers(2, 14)), int(rng.integers(2, 14)))), dtype=torch.float32)
+        cases.append((A.local_affinities(f, r), r))
+    grading.check_against(boundary_map, A.boundary_map, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.affinity.boundary_map"])
+    ### END HIDDEN TESTS
 
 # %% [markdown]
-# **Exercise 2 — the transition matrix (Eq. 6).** Write `transition_matrix_dense(aff, radius, beta)`:
-# `aff` is a `(K, h, w)` float64 tensor of forward affinities (0 where the target leaves the grid);
-# return the dense `(N, N)` float64 tensor $T = D^{-1}W^{\circ\beta}$ with $W_{ii} = 1$ and
-# $W_{ij} = W_{ji}$ = the pair's affinity (positions numbered row by row).
+# ### Exercise 2 · the walk's input on the grid (3 points)
+#
+# Write `rw_scores(cams, label, stride, alpha)`: `cams` `(C, H, W)` float32 numpy, `label` `(C,)` →
+# `(C + 1, ⌈H/s⌉, ⌈W/s⌉)` float32: the stack $[(1 - \max_c M_c)^\alpha, M_1 y_1, \dots, M_C y_C]$ (absent
+# classes zeroed *before* the max), zero-padded at the bottom and right to a multiple of `stride`, then
+# averaged over each `stride × stride` cell. Do not call `A.rw_scores`.
+
+# %% nbgrader={"grade": false, "grade_id": "rw_scores_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def rw_scores(cams, label, stride, alpha):
+    "cams (C, H, W), label (C,) → (C + 1, ⌈H/s⌉, ⌈W/s⌉) float32 average-pooled [background, classes]."
+    ### BEGIN SOLUTION
+    m = np.asarray(cams, np.float32) * np.asarray(label, np.float32)[:, None, None]
+    s = np.concatenate([((1 - m.max(0)) ** alpha)[None], m]).astype(np.float32)
+    C1, H, W = s.shape
+    h, w = -(-H // stride), -(-W // stride)
+    padded = np.zeros((C1, h * stride, w * stride), np.float32)
+    padded[:, :H, :W] = s
+    return padded.reshape(C1, h, stride, w, stride).mean(axis=(2, 4))
+    ### END SOLUTION
+
 
 # %%
-def transition_matrix_dense(aff, radius, beta):
-    "aff (K, h, w) → T (N, N), N = h·w, rows summing to 1."
-    # YOUR CODE HERE
-    raise NotImplementedError
+M_i, lab_i, raw = load(EX)
+x_ex = np.asarray(grading.attempt(rw_scores, A.rw_scores, M_i, lab_i, STRIDE, cfg.rw_alpha))
+print(f"{raw['id']}: the walk starts from {x_ex.shape[0]} maps on a {x_ex.shape[1]} × {x_ex.shape[2]} grid; "
+      f"background wins in {np.mean(x_ex.argmax(0) == 0):.0%} of the cells")
 
-
-# %%
-passed_2 = exercises.check("transition_matrix_dense", transition_matrix_dense, use_solution=USE_SOLUTIONS)
-
+# %% nbgrader={"grade": true, "grade_id": "rw_scores", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("rw_scores"):
+    m = np.array([[[1.0, 0.0, 0.5], [0.0, 0.0, 0.5]]], np.float32)   # (C=1, H=2, W=3); α = 1: bg = 1 − M
+    out = np.asarray(rw_scores(m, np.array([1.0]), 2, 1.0))         # W padded to 4: two 2 × 2 cells
+    assert out.shape == (2, 1, 2), f"shape {out.shape}, expected (C + 1, 1, 2)"
+    assert out.dtype == np.float32, f"dtype {out.dtype}, expected float32"
+    want = [[[0.75, 0.25]], [[0.25, 0.25]]]                 # bg (0+1+1+1)/4, (0.5+0.5+0+0)/4; M (1+0+0+0)/4, (0.5+0.5)/4
+    assert np.allclose(out, want), f"{out.tolist()} ≠ {want}"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        c = int(rng.integers(1, 6))
+        lab = (rng.random(c) < 0.5).astype(np.float32)
+        cases.append((rng.random((c, int(rng.integers(3, 30)), int(rng.integers(3, 30)))).astype(np.float32), lab,
+                      int(rng.integers(1, 6)), float(rng.uniform(1, 32))))
+    grading.check_against(rw_scores, A.rw_scores, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.affinity.rw_scores", "wsss_core.affinity.random_walk_labels",
+                                  "wsss_core.affinity.walk_steps", "wsss_core.cams.background_power",
+                                  "wsss_core.cams.with_background"])
+    ### END HIDDEN TESTS
 
 # %% [markdown]
-# **Exercise 3 — a walk that stays sparse (Eq. 7).** Write `walk(T, x, t)`: `T` is a
-# `scipy.sparse.csr_matrix` (N × N), `x` a `(C, N)` numpy array; return $T^t x$ for every channel as a
-# `(C, N)` array, without ever making a dense N × N matrix. Then time it against
-# `np.linalg.matrix_power(T.toarray(), t)` on a 64 × 64 grid — and predict first which is faster, and
-# by how much.
+# ### Exercise 3 · a walk that stays sparse, Eq. 7 (3 points)
+#
+# Write `walk(T, x, t)`: `T` a `scipy.sparse.csr_matrix` (N × N), `x` a `(C, N)` numpy array, `t ≥ 0`
+# steps → $T^t$ applied to every row of `x`, `(C, N)`, without ever making a dense N × N matrix. The
+# lesson walks §5.3's image with it and compares the labels with the stored ones.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "walk_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def walk(T, x, t):
-    "T (N, N) scipy sparse, x (C, N) → T^t applied to every row of x, (C, N)."
-    # YOUR CODE HERE
-    raise NotImplementedError
+    "T (N, N) scipy sparse, x (C, N) → (C, N): T^t applied to every row of x."
+    ### BEGIN SOLUTION
+    y = np.asarray(x).T
+    for _ in range(int(t)):
+        y = T @ y
+    return np.ascontiguousarray(y.T)
+    ### END SOLUTION
 
 
 # %%
-passed_3 = exercises.check("walk_sparse", walk, use_solution=USE_SOLUTIONS)
+T_ex = A.transition_matrix(aff_ex, cfg.rw_radius, cfg.beta, backend="scipy")
+x_flat = x_ex[np.concatenate([[True], lab_i.astype(bool)])].reshape(-1, T_ex.shape[0])      # background + present classes
+walked = np.asarray(grading.attempt(walk, A.propagate, T_ex, x_flat, cfg.t))
+cells = np.concatenate([[0], 1 + np.flatnonzero(lab_i)])[walked.argmax(0)].reshape(x_ex.shape[1:])
+print(f"after {cfg.t} steps {np.mean(cells != x_ex.argmax(0)):.0%} of the grid cells changed label; "
+      f"they agree with the stored walk on {np.mean(cells == A.downsample_labels(rw_label(EX), STRIDE)):.0%} of the cells")
+
+# %% nbgrader={"grade": true, "grade_id": "walk", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("walk"):
+    import scipy.sparse as sp
+    T2 = sp.csr_matrix(np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5]]))
+    out = np.asarray(walk(T2, np.array([[1.0, 0.0, 2.0]]), 2))       # T x = [0.5, 0, 1], T² x = [0.25, 0, 0.5]
+    assert out.shape == (1, 3), f"shape {out.shape}, expected (C, N) = (1, 3)"
+    assert np.allclose(out, [[0.25, 0.0, 0.5]]), f"{out} ≠ [[0.25, 0, 0.5]]"
+    assert np.allclose(walk(T2, np.array([[1.0, 0.0, 2.0]]), 0), [[1.0, 0.0, 2.0]]), "t = 0 leaves x unchanged"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(4):
+        r, h, w = int(rng.integers(2, 4)), int(rng.integers(2, 12)), int(rng.integers(2, 12))
+        aff = A.local_affinities(torch.as_tensor(rng.normal(size=(2, h, w))), r)
+        Tc = A.transition_matrix(aff, r, float(rng.uniform(1, 10)), dtype=torch.float64, backend="scipy")
+        cases.append((Tc, rng.random((int(rng.integers(1, 4)), h * w)), int(rng.integers(0, 40))))
+    grading.check_against(walk, A.propagate, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.affinity.propagate", "wsss_core.affinity.random_walk",
+                                  "wsss_core.affinity.random_walk_labels", "wsss_core.affinity.walk_steps"])
+    ### END HIDDEN TESTS
 
 # %% [markdown]
-# **Exercise 4 — open: what should AffinityNet learn from, and with what?** Change one thing at a time in
-# the setup cell and compare §7's table and the boundary maps of §6 (each run trains a new AffinityNet
-# in its own folder): (a) `USE_CRF = False`; (b) PSA's deep levels, `cfg.replace(levels=None,
-# level_channels=(32, 64, 128))`; (c) IRN's constant thresholds, `cfg.replace(label_mode="threshold")`;
-# (d) a fresh backbone, `cfg.replace(init_from_classifier=False)`. Which change moves the boundary map
-# onto the objects' edges? Why can a network that sees the badge learn the CAM blob from the pairs?
-# (Hint: what do the wrong negative pairs of §5.1 join?)
+# ### Exercise 4 · written: a walk without learned edges (2 points)
 #
-# **Exercise 5 — open: stride 8.** Train with `cfg.replace(feature_stride=8, backbone_kwargs={"width": 32,
-# "output_stride": 8})` (PSA's stride). With radius 5 on the 12 × 12 grid of a 96-px scene, how much of
-# the image does one neighbourhood cover, and what happens to small objects?
-#
+# The cell below walks the first training images on *constant* affinities (1 for every pair within the
+# radius) instead of AffinityNet's, with the same α, β and t. Run it, then explain in the cell after it
+# what the walk does to the objects without learned edges, and what that says about where the walk's
+# gain in §7 comes from.
+
+# %%
+cm_cam, cm_rw, cm_flat = ConfusionMatrix(C + 1), ConfusionMatrix(C + 1), ConfusionMatrix(C + 1)
+for i in range(min(len(eval_ds), 16)):
+    M_i, lab_i, raw = load(i)
+    flat = A.local_affinities(torch.zeros(1, *A.downsample_labels(raw["mask"], STRIDE).shape), cfg.rw_radius)   # exp(0) = 1
+    cm_flat.update(A.random_walk_labels(M_i, lab_i, flat, cfg.rw_radius, STRIDE, alpha=cfg.rw_alpha, beta=cfg.beta, t=cfg.t), raw["mask"])
+    cm_cam.update(cam_label(i), raw["mask"])
+    cm_rw.update(rw_label(i), raw["mask"])
+print("| first 16 images | mIoU | fg precision | fg recall |\n" + "\n".join(
+    f"| {n} | {cm.miou():.3f} | {cm.fg_precision():.3f} | {cm.fg_recall():.3f} |"
+    for n, cm in (("CAM (walk's input)", cm_cam), ("walk, AffinityNet", cm_rw), ("walk, constant affinities", cm_flat))))
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "flat_walk_written", "locked": false, "points": 2, "schema_version": 3, "solution": true, "task": false}
+# With constant affinities T averages each cell over its radius-5 disk, so 256 steps are a heavy blur:
+# the background, which holds most of the mass, flows into the objects, small ones vanish and
+# foreground recall drops. Whatever the learned walk gains over its CAM input therefore comes from
+# AffinityNet's affinities stopping the averaging at edges, not from smoothing the CAMs.
+
+# %% [markdown]
 # ## 10 Summary and pointers
 #
 # * CAMs are sure about little — the badges and the far background — and PSA keeps only that
