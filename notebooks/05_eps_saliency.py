@@ -31,7 +31,7 @@
 # train/rails.
 #
 # *How to use it:* run top to bottom (`"tutorial"`: a few minutes on a laptop CPU, one EPS training;
-# `"smoke"` only proves the code runs). Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
+# `"smoke"` only proves the code runs). Graded exercises are in §9.
 # The saliency-quality study and EPS with a poor detector are in `study/05_eps_saliency_study`.
 
 # %% [markdown]
@@ -43,7 +43,6 @@ DATA_ROOT = None            # None: the profile's default data folder (toy scene
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds training and the choice of images shown
 OUT_DIR = "../runs/tutorial"
-USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of the exercises
 EPOCHS = None               # None: the profile's epochs (the same for CAM and EPS)
 SALIENCY = "Saliency"       # saliency folder EPS trains with ("Saliency": the detector stand-in)
 TAU = 0.4                   # overlap-ratio threshold of the adaptive map selection (official script: 0.4)
@@ -57,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
-from wsss_core import exercises, lesson, profiles, viz, widgets
+from wsss_core import grading, lesson, profiles, viz, widgets
 from wsss_core.losses import eps_loss
 from wsss_core.stages import eps as stage
 
@@ -373,49 +372,227 @@ metrics.update(saliency_error_study={k: v for k, v in study.items() if k != "per
 # %% [markdown]
 # ## 9 Exercises
 #
-# **Exercise 1 — the overlap ratio (Eq. 3).** Write `overlap_ratio(fg_probs, saliency)`: `fg_probs` is a
-# `(B, C, h, w)` tensor of softmax probabilities of the foreground classes, `saliency` a `(B, 1, h, w)`
-# tensor in [0, 1]. Return the `(B, C)` ratios. Mind the rounding of exact halves (`torch.round`) and the
-# $10^{-4}$ *per pixel* in the denominator.
-
-# %%
-def overlap_ratio(fg_probs, saliency):
-    "fg_probs (B, C, h, w), saliency (B, 1, h, w) → O (B, C), Eq. 3."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_1 = exercises.check("eps_overlap_ratio", overlap_ratio, use_solution=USE_SOLUTIONS)
-
-
-# %% [markdown]
-# **Exercise 2 — the saliency loss (Eqs. 2–6).** Write `saliency_loss(maps, saliency, label, tau, lam)`:
-# `maps` are the raw `(B, C + 1, h, w)` outputs (background last), `saliency` is `(B, 1, h, w)` at the
-# same size, `label` `(B, C)`. Return $\mathcal{L}_{sal}$ with the adaptive map selection.
-
-# %%
-def saliency_loss(maps, saliency, label, tau, lam):
-    "maps (B, C+1, h, w), saliency (B, 1, h, w), label (B, C) → L_sal (a scalar tensor)."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_2 = exercises.check("eps_saliency_loss", saliency_loss, use_solution=USE_SOLUTIONS)
-
-# %% [markdown]
-# **Exercise 3 — open: the map-selection strategies.** Predict first: with the **naive** strategy, what
-# happens to the objects the detector missed, and to mIoU? Then train it (the strategy is part of the
-# checkpoint's fingerprint, so a new folder is used):
-# `res_naive = stage.run(cfg.replace(strategy="naive"), L.data, L.out / "naive")`, and compare with
-# `stage.saliency_error_study`. Then try `strategy="predefined"` with `predefined_background=("train",)`:
-# what happens to the train/rails confusion ratio, and why? What does the adaptive rule do that a list cannot?
+# Three graded exercises (8 points) and one written question (2 points). Each answer is used by the
+# lesson through `grading.attempt`: a missing or wrong answer prints a note and the lesson goes on with
+# the library's result. While an exercise is graded, the library function it re-implements is unavailable.
 #
-# **Exercise 4 — open: the learned background.** Build pseudo-labels from the arg-max over
-# $[P_{C+1}, P_1 y_1, \dots, P_C y_C]$ instead of a constant θ (`stage.learned_background` gives $P_{C+1}$),
-# score them with `wsss_core.evaluation.LabelMapEvaluator`, and compare with §7. Why might the authors
-# have preferred a constant?
+# ### Exercise 1 · the classification loss (Eq. 1) (2 points)
+#
+# §4.1 wrote the saliency loss; this is the other half of Eq. 6. Write `classification_loss(maps, label)`:
+# `maps` the raw `(B, C + 1, h, w)` outputs (background last), `label` `(B, C)` multi-hot. The image logits
+# are the spatial means of the maps; only the $C$ foreground logits enter Eq. 1 (mean over classes and
+# images). Return a scalar tensor, without `F.multilabel_soft_margin_loss` or `eps_loss`.
+
+# %% nbgrader={"grade": false, "grade_id": "classification_loss_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def classification_loss(maps, label):
+    """(B, C + 1, h, w) maps, (B, C) multi-hot label → L_cls of Eq. 1 (scalar tensor)."""
+    ### BEGIN SOLUTION
+    s = maps.float().mean(dim=(2, 3))[:, :-1]                       # background logit left out
+    y = label.to(s.dtype)
+    return -(y * F.logsigmoid(s) + (1 - y) * F.logsigmoid(-s)).mean()
+    ### END SOLUTION
+
+
+# %%
+def eps_cls(maps, label):
+    "The library's L_cls (eps_loss's part), for the comparison."
+    return eps_loss(maps, torch.zeros(maps.shape[0], 1, *maps.shape[2:]), label, return_parts=True)[1]["loss_cls"]
+
+
+item0 = ev[EXAMPLE]
+with torch.no_grad():
+    maps0 = res.model(item0["image"][None].to(next(res.model.parameters()).device))[1].cpu()
+l_cls = grading.attempt(classification_loss, eps_cls, maps0, item0["label"][None])
+print(f"L_cls of the trained network on {ev.ids[EXAMPLE]}: {float(l_cls):.4f}")
+
+# %% nbgrader={"grade": true, "grade_id": "classification_loss", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("classification_loss"):
+    m = torch.zeros(1, 3, 2, 2)
+    m[0, 0] = 2.0                                                    # class 1's map: mean 2; class 2: 0; bg ignored
+    m[0, 2] = 50.0
+    out = classification_loss(m, torch.tensor([[1.0, 0.0]]))
+    assert out.ndim == 0 and out.dtype == torch.float32, f"a float32 scalar tensor, got {tuple(out.shape)} {out.dtype}"
+    # class 1 present, s = 2: −log σ(2); class 2 absent, s = 0: −log(1 − σ(0)) = log 2; mean of the two
+    want = (np.log1p(np.exp(-2.0)) + np.log(2.0)) / 2
+    assert abs(float(out) - want) < 1e-5, f"{float(out)} ≠ (−log σ(2) + log 2) / 2 = {want:.6f}"
+    ### BEGIN HIDDEN TESTS
+    def _ref_cls(maps, label):
+        return eps_loss(maps, torch.zeros(maps.shape[0], 1, *maps.shape[2:]), label, return_parts=True)[1]["loss_cls"]
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(4):
+        B, C_, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        cases.append((torch.as_tensor(3 * rng.normal(size=(B, C_ + 1, h, w)), dtype=torch.float32),
+                      torch.as_tensor(rng.random((B, C_)) < 0.5, dtype=torch.float32)))
+    grading.check_against(classification_loss, _ref_cls, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.losses.eps_loss", "torch.nn.functional.multilabel_soft_margin_loss"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 2 · the confusion ratio (Eq. 8) (3 points)
+#
+# Write `confusion_ratio(preds, gts, contexts, c, k)`: lists of `(H, W)` integer maps (prediction, truth
+# with 255 = ignore, context ids with 0 = none), a class `c` and a context id `k`. Pooled over all images,
+# $m_{k,c}$ counts the pixels of context $k$ whose truth is neither $c$ nor ignore and that are predicted
+# $c$; $t_c$ the pixels predicted $c$ whose truth is $c$. Return the Python float $m_{k,c}/t_c$ (NaN if
+# $t_c = 0$). Do not use `wsss_core.metrics.ConfusionRatio`.
+
+# %% nbgrader={"grade": false, "grade_id": "confusion_ratio_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def confusion_ratio(preds, gts, contexts, c, k):
+    """Lists of (H, W) prediction / truth / context maps, class c, context id k → m_{k,c} / t_c (float)."""
+    ### BEGIN SOLUTION
+    m = t = 0
+    for p, g_, x in zip(preds, gts, contexts):
+        p, g_, x = np.asarray(p), np.asarray(g_), np.asarray(x)
+        m += int(((x == k) & (g_ != 255) & (g_ != c) & (p == c)).sum())
+        t += int(((p == c) & (g_ == c)).sum())
+    return float(m / t) if t else float("nan")
+    ### END SOLUTION
+
+
+# %%
+from wsss_core.metrics import ConfusionRatio
+
+
+def confusion_ratio_lib(preds, gts, contexts, c, k):
+    "The library's pooled ratio, for the comparison."
+    cr = ConfusionRatio()
+    for p, g_, x in zip(preds, gts, contexts):
+        cr.update(p, g_, x, {"pair": (c, k)})
+    return cr.ratios()["pair"]
+
+
+first = [ev.get_raw(i) for i in range(min(len(ev), 100))]
+if PAIRS and "context_mask" in first[0]:
+    for name, (c, k) in PAIRS.items():
+        got = {m: grading.attempt(confusion_ratio, confusion_ratio_lib, [stage.pseudo_label(d, r["id"], th)[2] for r in first],
+                                  [r["mask"] for r in first], [r["context_mask"] for r in first], c, k)
+               for m, (d, th) in (("CAM", (CAM_DIR, CAM_BEST)), ("EPS", (EPS_DIR, EPS_BEST)))}
+        print(f"{name} on the first {len(first)} images: confusion ratio CAM {got['CAM']:.3f}, EPS {got['EPS']:.3f}")
+
+# %% nbgrader={"grade": true, "grade_id": "confusion_ratio", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("confusion_ratio"):
+    pr = np.array([[1, 1, 1, 0]])
+    gt = np.array([[1, 0, 255, 0]])
+    cx = np.array([[0, 2, 2, 2]])
+    out = confusion_ratio([pr, pr], [gt, gt], [cx, cx], 1, 2)
+    assert isinstance(out, float), f"a Python float, not {type(out).__name__}"
+    # per image: pixel 1 is context 2, truth 0, predicted 1 → m = 1 (pixel 2 is ignored); t = 1 (pixel 0)
+    assert abs(out - 1.0) < 1e-9, f"{out} ≠ (1 + 1) / (1 + 1)"
+    assert np.isnan(confusion_ratio([pr], [gt], [cx], 3, 2)), "t_c = 0 gives NaN"
+    ### BEGIN HIDDEN TESTS
+    def _ref_cr(preds, gts, contexts, c, k):
+        cr = ConfusionRatio()
+        for p, g_, x in zip(preds, gts, contexts):
+            cr.update(p, g_, x, {"pair": (c, k)})
+        return cr.ratios()["pair"]
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        n, H, W = int(rng.integers(1, 4)), int(rng.integers(2, 9)), int(rng.integers(2, 9))
+        gts = [rng.integers(0, 4, size=(H, W)) for _ in range(n)]
+        for g_ in gts:
+            g_[rng.random((H, W)) < 0.1] = 255
+        cases.append(([rng.integers(0, 4, size=(H, W)) for _ in range(n)], gts,
+                      [rng.integers(0, 3, size=(H, W)) for _ in range(n)], int(rng.integers(1, 4)), int(rng.integers(1, 3))))
+    grading.check_against(confusion_ratio, _ref_cr, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.metrics.ConfusionRatio.update", "wsss_core.metrics.ConfusionRatio.ratios",
+                                  "wsss_core.metrics.ConfusionRatio.summary", "wsss_core.evaluation.LabelMapEvaluator.update"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 3 · pseudo-labels from the learned background (3 points)
+#
+# Eq. 7 replaces the learned background $P_{C+1}$ by a constant θ. Try the alternative: write
+# `learned_background_labels(probs, label)`: `probs` an `(C + 1, H, W)` numpy array of softmax
+# probabilities (background last), `label` the `(C,)` multi-hot image label. A pixel is class
+# $c = \arg\max_{c : y_c = 1} P_c(x)$ (ties: the lower index) if $P_c(x) > P_{C+1}(x)$, else 0; no present
+# class: all 0. Return `(H, W)` int64 labels in $0..C$. Do not call `stage.labels_from_maps`.
+
+# %% nbgrader={"grade": false, "grade_id": "learned_background_labels_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def learned_background_labels(probs, label):
+    """(C + 1, H, W) softmax probabilities (background last), (C,) label → (H, W) int64 labels."""
+    ### BEGIN SOLUTION
+    probs, y = np.asarray(probs, np.float32), np.asarray(label).astype(bool)
+    fg = np.where(y[:, None, None], probs[:-1], -1.0)
+    best = fg.argmax(0)
+    keep = y.any() & (fg.max(0) > probs[-1])
+    return np.where(keep, best + 1, 0).astype(np.int64)
+    ### END SOLUTION
+
+
+# %% [markdown]
+# The lesson compares both rules on the same training images, with the single-scale maps of the trained
+# network (the θ* labels use Eq. 7's multi-scale maps, as in §7).
+
+# %%
+from wsss_core.evaluation import LabelMapEvaluator
+
+
+def learned_bg_lib(probs, label):
+    "The library's rule with the learned background as a per-pixel threshold."
+    return stage.labels_from_maps(probs[:-1], label, probs[-1])
+
+
+@torch.no_grad()
+def softmax_maps(i):
+    x = ev[i]["image"][None].to(next(res.model.parameters()).device)
+    return F.interpolate(torch.softmax(res.model.cam(x).float(), 1), size=x.shape[-2:], mode="bilinear",
+                         align_corners=False)[0].cpu().numpy()
+
+
+grading.attempt(learned_background_labels, learned_bg_lib, softmax_maps(EXAMPLE), ev[EXAMPLE]["label"].numpy())
+scores = {"constant θ* (Eq. 7)": LabelMapEvaluator(C, PAIRS), "learned background": LabelMapEvaluator(C, PAIRS)}
+for i in range(min(len(ev), 200)):
+    raw = ev.get_raw(i)
+    scores["constant θ* (Eq. 7)"].update_from_sample(stage.pseudo_label(EPS_DIR, raw["id"], EPS_BEST)[2], raw)
+    scores["learned background"].update_from_sample(learned_bg_lib(softmax_maps(i), ev[i]["label"].numpy()), raw)
+sums = {n: e.summary() for n, e in scores.items()}
+display(Markdown("| EPS pseudo-labels, background from | mIoU | fg precision | fg recall | context leak |\n|---|---:|---:|---:|---:|\n"
+                 + "\n".join(f"| {n} | **{s['miou']:.3f}** | {s['fg_precision']:.3f} | {s['fg_recall']:.3f} | "
+                             f"{s.get('context_leak', float('nan')):.3f} |" for n, s in sums.items())))
+
+# %% nbgrader={"grade": true, "grade_id": "learned_background_labels", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("learned_background_labels"):
+    pb = np.array([[[0.5, 0.1, 0.2]], [[0.4, 0.3, 0.1]], [[0.1, 0.6, 0.7]]])   # (C + 1 = 3, 1, 3): P_1, P_2, P_bg
+    out = learned_background_labels(pb, np.array([1, 1]))
+    assert isinstance(out, np.ndarray) and out.shape == (1, 3), f"an (H, W) = (1, 3) array, got {np.shape(out)}"
+    assert out.dtype == np.int64, f"dtype {out.dtype}, expected int64"
+    # pixel 0: P_1 = 0.5 > P_bg = 0.1 → 1; pixel 1: max P_c = 0.3 < 0.6 → 0; pixel 2: 0.2 < 0.7 → 0
+    assert out.tolist() == [[1, 0, 0]], f"{out.tolist()} ≠ [[1, 0, 0]]"
+    # class 1 absent: pixel 0 becomes class 2 (0.4 > 0.1)
+    assert learned_background_labels(pb, np.array([0, 1])).tolist() == [[2, 0, 0]], "absent classes are never chosen"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        C_, H, W = int(rng.integers(1, 6)), int(rng.integers(2, 9)), int(rng.integers(2, 9))
+        z = rng.normal(size=(C_ + 1, H, W)) * 2
+        p_r = (np.exp(z) / np.exp(z).sum(0)).astype(np.float32)
+        y_r = (rng.random(C_) < 0.6).astype(np.float32)
+        cases.append((p_r, y_r))
+    grading.check_against(learned_background_labels, learned_bg_lib, cases, seed=grading.seed_of(rng),
+                          compare=lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                          forbid=["wsss_core.stages.eps.labels_from_maps", "wsss_core.cams.cams_to_labels"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Question · why a constant background? (2 points, graded by hand)
+#
+# Compare the two rows of the table above (and, in a live session, a few images through
+# `learned_background_labels` next to §6's figure). Which rule scores better here, on which measure, and
+# why might the authors have preferred a constant θ to the background map they trained? Answer in 2–4
+# sentences in the cell below, with your numbers.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "learned_background_question", "locked": false, "points": 2, "schema_version": 3, "solution": true, "task": false}
+# *Model answer.* The learned background $P_{C+1}$ was trained to reproduce the saliency map, so it copies
+# the detector's errors: it is high on objects the adaptive rule folded into the background (missed by
+# the detector) and low on salient distractors, and it is a single-scale, un-normalised probability. The
+# constant θ applied to max-normalised, multi-scale maps is one knob tuned like CAM's, so it gives fuller
+# objects (higher recall) and the same protocol as the CAM baseline; the learned background tends to give
+# tighter but smaller masks (higher precision, lower recall, less context leak), and lower mIoU — but θ*
+# is an oracle choice made with the ground truth, the learned background needs no tuning.
+
 
 # %% [markdown]
 # ## 10 Summary
