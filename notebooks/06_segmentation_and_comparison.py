@@ -33,7 +33,7 @@
 # *How to use it:* run it after notebooks 01–05 with the same `PROFILE`, `OUT_DIR` and `SEED`: each
 # method's stage then finds its notebook's labels in `OUT_DIR`, and only the segmenters are trained here
 # (eight short trainings at `"tutorial"`). Run on its own, it first runs every method's stage (much
-# longer). Exercises are in §9; instructors set `USE_SOLUTIONS = True`.
+# longer). Graded exercises are in §9.
 
 # %% [markdown]
 # ## 2 Parameters
@@ -44,7 +44,6 @@ DATA_ROOT = None            # None: the profile's default data folder
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # the same seed as notebooks 01-05, so that their outputs are reused
 OUT_DIR = "../runs/tutorial"
-USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of the exercises
 METHODS = None              # None: all; or a list of keys, e.g. ["cam", "eps", "full"]
 EPOCHS = None               # None: the profile's segmenter epochs
 CRF = False                 # dense CRF after multi-scale + flip inference (needs pydensecrf2)
@@ -55,7 +54,7 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
-from wsss_core import comparison, exercises, lesson, viz, widgets
+from wsss_core import comparison, grading, lesson, viz, widgets
 from wsss_core.data.palette import read_label_png
 from wsss_core.stages import segmentation as seg
 
@@ -337,49 +336,159 @@ else:
 # %% [markdown]
 # ## 9 Exercises
 #
-# **Exercise 1 — the loss (Eq. 2).** Write `ce_ignore(logits, target)`: `logits` `(B, K, H, W)`,
-# `target` `(B, H, W)` int64 with 255 = ignore; return the mean negative log-probability of the target
-# class over the non-ignored pixels, without `F.cross_entropy`.
+# Two graded exercises (6 points) and a written question (2 points). A missing or wrong answer never
+# stops the lesson: it goes on with the library's result. Do not call the function you re-implement.
+#
+# ### Exercise 1 · per-class IoU pooled over a split (Eq. 4) (3 points)
+#
+# Write `per_class_iou(preds, gts, num_classes)`: lists of `(H, W)` integer maps (truth 255 = ignore, not
+# counted), `num_classes` = $K + 1$ with the background. Accumulate $TP_k$, $FP_k$, $FN_k$ over *all*
+# images, then return the `(K + 1,)` float64 array of $\mathrm{IoU}_k$, NaN for a class in neither the truth
+# nor the prediction.
+
+# %% nbgrader={"grade": false, "grade_id": "per_class_iou_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def per_class_iou(preds, gts, num_classes):
+    """Lists of (H, W) predictions and truths (255 = ignore) → (num_classes,) pooled IoU, NaN if absent."""
+    ### BEGIN SOLUTION
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    for p, t in zip(preds, gts):
+        p, t = np.asarray(p).ravel(), np.asarray(t).ravel()
+        keep = t != 255
+        conf += np.bincount(t[keep] * num_classes + p[keep], minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    return np.divide(tp, union, out=np.full(num_classes, np.nan), where=union > 0)
+    ### END SOLUTION
+
 
 # %%
-def ce_ignore(logits, target):
-    "logits (B, K, H, W), target (B, H, W) with 255 = ignore → scalar tensor."
-    # YOUR CODE HERE
-    raise NotImplementedError
+from wsss_core.metrics import ConfusionMatrix
 
 
-# %%
-passed_1 = exercises.check("ce_ignore", ce_ignore, use_solution=USE_SOLUTIONS)
+def per_class_iou_lib(preds, gts, num_classes):
+    "The library's pooled per-class IoU, for the comparison."
+    cm = ConfusionMatrix(num_classes)
+    for p, t in zip(preds, gts):
+        cm.update(p, t)
+    return cm.iou()
 
+
+for k in [k for k in ("full", "cam") if k in ROWS]:
+    iou = grading.attempt(per_class_iou, per_class_iou_lib, [predict_one(k, i) for i in SHOW], [r["mask"] for r in raws], C + 1)
+    print(f"→ {comparison.METHODS[k].short:10s} on the {len(SHOW)} images of §6: " + ", ".join(
+        f"{n} {v:.2f}" for n, v in zip(NAMES, iou) if np.isfinite(v)))
+
+# %% nbgrader={"grade": true, "grade_id": "per_class_iou", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("per_class_iou"):
+    p1, t1 = np.array([[0, 1, 1]]), np.array([[0, 1, 255]])
+    p2, t2 = np.array([[1, 0]]), np.array([[1, 1]])
+    out = per_class_iou([p1, p2], [t1, t2], 3)
+    assert isinstance(out, np.ndarray) and out.shape == (3,), f"a (3,) array, got {type(out).__name__} {np.shape(out)}"
+    assert out.dtype == np.float64, f"dtype {out.dtype}, expected float64"
+    # pooled, the ignored pixel left out: class 0: TP 1, FP 1 (image 2), FN 0 → 1/2; class 1: TP 2, FN 1 → 2/3;
+    # class 2 in neither → NaN
+    assert np.allclose(out[:2], [1 / 2, 2 / 3]) and np.isnan(out[2]), f"{out} ≠ [1/2, 2/3, nan]"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        n, K1, H, W = int(rng.integers(1, 4)), int(rng.integers(2, 6)), int(rng.integers(2, 9)), int(rng.integers(2, 9))
+        gts = [rng.integers(0, K1 - 1, size=(H, W)) for _ in range(n)]                  # the last class never true
+        for t in gts:
+            t[rng.random((H, W)) < 0.15] = 255
+        cases.append(([rng.integers(0, K1 - 1, size=(H, W)) for _ in range(n)], gts, K1))
+    grading.check_against(per_class_iou, per_class_iou_lib, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.metrics.ConfusionMatrix.update", "wsss_core.metrics.ConfusionMatrix.iou",
+                                  "wsss_core.metrics.ConfusionMatrix.miou", "wsss_core.metrics.miou",
+                                  "wsss_core.evaluation.LabelMapEvaluator.update", "wsss_core.cams.miou_from_confusion"])
+    ### END HIDDEN TESTS
 
 # %% [markdown]
-# **Exercise 2 — inference (Eq. 3).** Write `multiscale_flip(model, images, scales, flip)`: return the
-# `(B, K, H, W)` softmax probabilities averaged over the scales (and the mirrored images if `flip`),
-# each resized back to the input size with bilinear interpolation.
+# ### Exercise 2 · the context leak of §8 (3 points)
+#
+# Write `context_leak(preds, gts, contexts, c, k)`: lists of `(H, W)` maps (prediction, truth with 255 =
+# ignore, context ids), a class `c` and a context id `k`. Over the images whose truth contains `c`, pool the
+# pixels of context `k` whose truth is neither `c` nor 255, and return (a Python float) the share of them
+# predicted `c`; NaN if there are none.
+
+# %% nbgrader={"grade": false, "grade_id": "context_leak_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def context_leak(preds, gts, contexts, c, k):
+    """Lists of (H, W) prediction / truth / context maps → share of context k's pixels predicted c (float)."""
+    ### BEGIN SOLUTION
+    num = den = 0
+    for p, t, x in zip(preds, gts, contexts):
+        p, t, x = np.asarray(p), np.asarray(t), np.asarray(x)
+        if not (t == c).any():
+            continue
+        region = (x == k) & (t != 255) & (t != c)
+        num += int((region & (p == c)).sum())
+        den += int(region.sum())
+    return float(num / den) if den else float("nan")
+    ### END SOLUTION
+
 
 # %%
-def multiscale_flip(model, images, scales, flip):
-    "model: images → logits at any stride; images (B, 3, H, W) → (B, K, H, W) mean probabilities."
-    # YOUR CODE HERE
-    raise NotImplementedError
+from wsss_core.evaluation import LabelMapEvaluator
 
 
-# %%
-passed_2 = exercises.check("multiscale_flip", multiscale_flip, use_solution=USE_SOLUTIONS)
+def context_leak_lib(preds, gts, contexts, c, k):
+    "The library's pooled context leak of one pair, for the comparison."
+    n = max([c] + [int(np.max(p)) for p in preds] + [int(np.max(np.where(t == 255, 0, t))) for t in gts])
+    ev_ = LabelMapEvaluator(n, {"pair": (c, k)})
+    for p, t, x in zip(preds, gts, contexts):
+        ev_.update(p, t, context_mask=x)
+    return ev_.summary().get("context_leak_per_pair", {}).get("pair", float("nan"))
+
+
+if L.toy and ctx:
+    for name, (c, k) in L.data.context_pairs.items():
+        leaks = {m: grading.attempt(context_leak, context_leak_lib, [predict_one(m, i) for i in ctx],
+                                    [r["mask"] for r in raws_c], [r["context_mask"] for r in raws_c], c, k) for m in pick}
+        print(f"{name} on §8's {len(ctx)} images: " + ", ".join(f"→ {comparison.METHODS[m].short} {v:.3f}" for m, v in leaks.items()))
+
+# %% nbgrader={"grade": true, "grade_id": "context_leak", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("context_leak"):
+    pr = np.array([[1, 1, 1, 0]])
+    gt = np.array([[1, 0, 255, 0]])
+    cx = np.array([[2, 2, 2, 2]])
+    out = context_leak([pr, pr, pr], [gt, gt, np.zeros_like(gt)], [cx, cx, cx], 1, 2)
+    assert isinstance(out, float), f"a Python float, not {type(out).__name__}"
+    # images 1-2 contain class 1; their counted context pixels are 1 and 3 (0: truth is c, 2: ignored),
+    # pixel 1 predicted 1 → 2 of 4; image 3 has no class 1 and is skipped
+    assert abs(out - 0.5) < 1e-9, f"{out} ≠ 2 / 4"
+    assert np.isnan(context_leak([pr], [gt], [cx], 1, 5)), "no pixel of the context: NaN"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        n, H, W = int(rng.integers(1, 5)), int(rng.integers(2, 9)), int(rng.integers(2, 9))
+        gts = [rng.integers(0, 4, size=(H, W)) * (rng.random() < 0.7) for _ in range(n)]
+        for t in gts:
+            t[rng.random((H, W)) < 0.1] = 255
+        cases.append(([rng.integers(0, 4, size=(H, W)) for _ in range(n)], gts,
+                      [rng.integers(0, 3, size=(H, W)) for _ in range(n)], int(rng.integers(1, 4)), int(rng.integers(1, 3))))
+    grading.check_against(context_leak, context_leak_lib, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.evaluation.LabelMapEvaluator.update", "wsss_core.evaluation.LabelMapEvaluator.summary",
+                                  "wsss_core.metrics.ConfusionRatio.update", "wsss_core.metrics.ConfusionRatio.leak"])
+    ### END HIDDEN TESTS
 
 # %% [markdown]
-# **Exercise 3 — open: agreement labels.** Write a folder of labels that keeps a pixel's class where two
-# methods agree (e.g. `LABEL_DIRS["eps"]` and `LABEL_DIRS["affinity_rw"]`) and 255 where they disagree;
-# score it with `comparison.label_dir_report(folder, train_true, L.data.context_pairs)` and train on it
-# with `seg.run(seg_cfg, L.data, folder, L.out / "agreement")`. Is the segmenter better than either
-# method's? What share of the pixels became "ignore"?
+# ### Question · agreement labels (2 points, graded by hand)
 #
-# **Exercise 4 — open: the CRF.** Re-run with `CRF = True` (needs `pip install -e .[crf]`). The papers
-# gain 1–3 points on VOC. On 96-px scenes with flat colours, does it help, and for which rows?
-#
-# **Exercise 5 — open: the schedule.** The `study` profile trains each segmenter longer and wider
-# (`seg.config_for_profile("study")`). Which rows gain the most: the cleanest labels or the noisiest?
-# Relate it to the loss curves of §5.
+# Write a folder of labels that keeps a pixel's class where two methods agree (e.g. `LABEL_DIRS["eps"]` and
+# `LABEL_DIRS["affinity_rw"]`) and 255 where they disagree; score it with
+# `comparison.label_dir_report(folder, train_true, L.data.context_pairs)` and train on it with
+# `seg.run(seg_cfg, L.data, folder, L.out / "agreement")`. What share of the pixels became "ignore", how do
+# the labels' precision and recall compare with either method's, and is the segmenter better? Why? Answer in
+# 2–4 sentences below, with your numbers.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "agreement_labels", "locked": false, "points": 2, "schema_version": 3, "solution": true, "task": false}
+# *Model answer.* Disagreement concentrates on object borders and on bodies one method misses, so a sizeable
+# share of pixels becomes "ignore". The kept pixels are cleaner (higher precision), but recall drops because
+# the ignored pixels are exactly the hard ones. The segmenter gains little or nothing over the better of the
+# two: errors both methods share (a context leak, a blob around the badge) survive the agreement, and the
+# network never learns the borders and bodies that were ignored.
+
 
 # %% [markdown]
 # ## 10 Summary
