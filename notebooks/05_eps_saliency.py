@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -442,10 +442,10 @@ def confusion_ratio(preds, gts, contexts, c, k):
     """Lists of (H, W) prediction / truth / context maps, class c, context id k → m_{k,c} / t_c (float)."""
     ### BEGIN SOLUTION
     m = t = 0
-    for p, g_, x in zip(preds, gts, contexts):
-        p, g_, x = np.asarray(p), np.asarray(g_), np.asarray(x)
-        m += int(((x == k) & (g_ != 255) & (g_ != c) & (p == c)).sum())
-        t += int(((p == c) & (g_ == c)).sum())
+    for pred, truth, ctx in zip(preds, gts, contexts):
+        pred, truth, ctx = np.asarray(pred), np.asarray(truth), np.asarray(ctx)
+        m += int(((ctx == k) & (truth != 255) & (truth != c) & (pred == c)).sum())
+        t += int(((pred == c) & (truth == c)).sum())
     return float(m / t) if t else float("nan")
     ### END SOLUTION
 
@@ -482,10 +482,10 @@ with grading.tests("confusion_ratio"):
     assert np.isnan(confusion_ratio([pr], [gt], [cx], 3, 2)), "t_c = 0 gives NaN"
     ### BEGIN HIDDEN TESTS
     def _ref_cr(preds, gts, contexts, c, k):
-        cr = ConfusionRatio()
-        for p, g_, x in zip(preds, gts, contexts):
-            cr.update(p, g_, x, {"pair": (c, k)})
-        return cr.ratios()["pair"]
+        ratio = ConfusionRatio()
+        for one in zip(preds, gts, contexts):
+            ratio.update(*one, {"pair": (c, k)})
+        return ratio.ratios()["pair"]
     rng = grading.fresh_rng()
     cases = []
     for _ in range(5):

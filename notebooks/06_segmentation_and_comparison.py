@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -368,8 +368,8 @@ from wsss_core.metrics import ConfusionMatrix
 def per_class_iou_lib(preds, gts, num_classes):
     "The library's pooled per-class IoU, for the comparison."
     cm = ConfusionMatrix(num_classes)
-    for p, t in zip(preds, gts):
-        cm.update(p, t)
+    for pred, truth in zip(preds, gts):
+        cm.update(pred, truth)
     return cm.iou()
 
 
@@ -435,8 +435,8 @@ def context_leak_lib(preds, gts, contexts, c, k):
     "The library's pooled context leak of one pair, for the comparison."
     n = max([c] + [int(np.max(p)) for p in preds] + [int(np.max(np.where(t == 255, 0, t))) for t in gts])
     ev_ = LabelMapEvaluator(n, {"pair": (c, k)})
-    for p, t, x in zip(preds, gts, contexts):
-        ev_.update(p, t, context_mask=x)
+    for pred, truth, ctx in zip(preds, gts, contexts):
+        ev_.update(pred, truth, context_mask=ctx)
     return ev_.summary().get("context_leak_per_pair", {}).get("pair", float("nan"))
 
 
