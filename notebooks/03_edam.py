@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -37,7 +37,6 @@ DATA_ROOT = None            # None: the profile's data folder (toy scenes are ge
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds training, the pairs and the images shown
 OUT_DIR = "../runs/tutorial"
-USE_SOLUTIONS = False       # instructors / CI: check the reference solutions of the exercises
 EPOCHS = None               # None: the profile's epochs (tutorial: 4); one epoch pairs every image once
 SAL_THETA = None            # None: the official 0.2 (background where the 0–255 saliency ≤ 0.2·100)
 N_SHOW = 6                  # images in the example figures
@@ -46,7 +45,7 @@ N_SHOW = 6                  # images in the example figures
 import math, numpy as np, torch
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
-from wsss_core import cams as wcams, engine, exercises, lesson, profiles, viz, widgets
+from wsss_core import cams as wcams, engine, grading, lesson, profiles, viz, widgets
 from wsss_core.models import edam as medam
 from wsss_core.stages import cam as cam_stage, edam as stage
 L = lesson.setup("03_edam", PROFILE, OUT_DIR, data_root=DATA_ROOT, device=DEVICE, seed=SEED)
@@ -459,67 +458,211 @@ if HAS_SAL:
 # %% [markdown]
 # ## 9 Exercises
 #
-# **Exercise 1 — the DA normalisation (Eq. 1).** Write `da_normalize(logits)`: `logits` is a
-# `(B, C + 1, h, w)` tensor; return $|v| / \max(\lVert v \rVert_2, 10^{-12})$ with the norm over the
-# channel axis at every location. Without `F.normalize`.
-
-# %%
-def da_normalize(logits):
-    "logits (B, C+1, h, w) → non-negative maps with unit L2 norm across channels at every location."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_1 = exercises.check("da_normalize", da_normalize, use_solution=USE_SOLUTIONS)
-
-
-# %% [markdown]
-# **Exercise 2 — the saliency override (Eq. 10).** Write `saliency_override(masks, label, saliency,
-# theta)`: `masks` is `(C, H, W)` in $[0, 1]$, `label` `(C,)` multi-hot, `saliency` an `(H, W)` uint8
-# map (0–255). Return the `(H, W)` label map of the official rule with $\alpha = 10^{-6}$,
-# $\beta = 0.99999$; classes absent from `label` score 0 before the $\alpha$/$\beta$ step, and ties go to
-# the background.
-
-# %%
-def saliency_override(masks, label, saliency, theta):
-    "masks (C, H, W), label (C,), saliency (H, W) uint8, theta → (H, W) labels 0..C (official EDAM rule)."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_2 = exercises.check("edam_saliency_override", saliency_override, use_solution=USE_SOLUTIONS)
-
-
-# %% [markdown]
-# **Exercise 3 — how much does an image look at the other one?** Write `cross_image_attention(q, k,
-# n_first)`: `q`, `k` are `(L, d)` queries and keys of a pair's joint sequence, the first `n_first`
-# tokens belonging to image 1. Compute the attention weights of Eq. 4 (one head) and return, for each
-# of image 1's tokens, the total weight it puts on image 2's tokens (shape `(n_first,)`). §6.2 printed
-# this share, averaged, for the trained model.
-
-# %%
-def cross_image_attention(q, k, n_first):
-    "q, k (L, d); tokens 0..n_first-1 are image 1's → (n_first,) attention mass on image 2's tokens."
-    # YOUR CODE HERE
-    raise NotImplementedError
-
-
-# %%
-passed_3 = exercises.check("cross_image_attention", cross_image_attention, use_solution=USE_SOLUTIONS)
-
-# %% [markdown]
-# **Exercise 4 — open: could attention across images help on these scenes at all?** Predict first from
-# how notebook 00 draws the toy objects: which pixels of an object carry information about its *class*?
-# Then train EDAM with pairs that share **no** class (shuffle `pairs.pairs[:, 1]` in an epoch callback)
-# and compare its body recall at the CAM's precision (§7.2) with the real EDAM's. Propose a change to the
-# toy scenes under which cross-image attention *should* find more of each object, and a measurement.
+# Three graded exercises (8 points) and a written question (2 points). A missing or wrong answer never
+# stops the lesson: it goes on with the library's result. Do not call the function you re-implement.
 #
-# **Exercise 5 — open: the sink channel.** Train EDAM with `da_normalize` over the $C$ class channels
-# only (slice the DA conv's output in a subclass of `EDAMNet`) and compare the masks' background values
-# (§6) and mIoU. What does the sink let a background location do?
+# ### Exercise 1 · the DA layer without its sink (2 points)
 #
+# Write `da_normalize_without_sink(logits)`: the DA convolution's output `(B, C + 1, h, w)` → `(B, C, h, w)`,
+# Eq. 1 over the $C$ class channels only, the sink dropped: $|v_c| / \max(\lVert (v_1, \dots, v_C) \rVert_2, 10^{-12})$.
+# Without `F.normalize`.
+
+# %% nbgrader={"grade": false, "grade_id": "da_normalize_without_sink_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def da_normalize_without_sink(logits):
+    """(B, C + 1, h, w) DA logits → (B, C, h, w) masks, L2-normalised over the C class channels (no sink)."""
+    ### BEGIN SOLUTION
+    v = logits[:, :-1]
+    return v.abs() / v.pow(2).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+    ### END SOLUTION
+
+
+# %% [markdown]
+# The trained DA layer on §6's images, with and without its sink: the largest mask of the image's classes
+# on object and on background pixels (feature grid; truth resized to it).
+
+# %%
+with torch.no_grad():
+    model.eval()
+    x_show = torch.stack([eval_ds[i]["image"].as_subclass(torch.Tensor) for i in SHOW]).to(next(model.parameters()).device)
+    v_show = model.da.conv(model.features(x_show)).cpu()                       # (N, C + 1, h, w)
+m_nosink = grading.attempt(da_normalize_without_sink, medam.da_normalize_without_sink, v_show)
+gt_show = torch.nn.functional.interpolate(torch.as_tensor(np.stack([eval_ds.get_raw(i)["mask"] for i in SHOW]))[:, None].float(),
+                                          size=v_show.shape[-2:], mode="nearest")[:, 0]
+obj_px, bg_px = (gt_show >= 1) & (gt_show != 255), gt_show == 0
+present = torch.as_tensor(LABELS[SHOW]).bool()[:, :, None, None]
+m_sink, rows = medam.da_normalize(v_show), []
+for name, m, sink in (("with the sink (EDAM)", m_sink[:, :C], f"{m_sink[:, C].pow(2)[bg_px].median():.2f}"),
+                      ("without the sink", m_nosink, "–")):
+    top = torch.where(present, m, torch.zeros_like(m)).amax(1)                # (N, h, w)
+    rows.append(f"| {name} | {top[obj_px].median():.2f} | {top[bg_px].median():.2f} | {(top[bg_px] > 0.5).float().mean():.0%} | {sink} |")
+display(Markdown("| DA masks | median max_c m_c, objects | background | background above 0.5 | sink's share of the norm, "
+                 "background (median) |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows)))
+
+# %% nbgrader={"grade": true, "grade_id": "da_normalize_without_sink", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("da_normalize_without_sink"):
+    v_t = torch.tensor([[[[3.0, 0.0]], [[-4.0, 0.0]], [[12.0, 5.0]]]])          # (B=1, C + 1 = 3, h=1, w=2)
+    out = da_normalize_without_sink(v_t)
+    assert tuple(out.shape) == (1, 2, 1, 2), f"shape {tuple(out.shape)}, expected (B, C, h, w) = (1, 2, 1, 2)"
+    assert out.dtype == torch.float32, f"dtype {out.dtype}, expected float32"
+    # pixel 0: classes (3, −4) → (0.6, 0.8), the sink's 12 plays no part; pixel 1: only the sink → (0, 0), no NaN
+    assert torch.allclose(out[0, :, 0], torch.tensor([[0.6, 0.0], [0.8, 0.0]]), atol=1e-6), f"{out[0, :, 0]}"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        B, C1, h, w = int(rng.integers(1, 4)), int(rng.integers(2, 7)), int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        v_r = torch.as_tensor(rng.normal(size=(B, C1, h, w)) * rng.uniform(0.01, 10), dtype=torch.float32)
+        v_r[:, :-1, 0, 0] = 0.0                                                # a pixel with no class activation
+        cases.append((v_r,))
+    grading.check_against(da_normalize_without_sink, medam.da_normalize_without_sink, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.models.edam.da_normalize_without_sink", "wsss_core.models.edam.da_normalize",
+                                  "torch.nn.functional.normalize"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 2 · cross-image attention, head by head (3 points)
+#
+# §6.2 averaged the heads. Write `head_cross_share(q, k, tokens_per_image)`: `q`, `k` `(heads, G·T, d_k)`,
+# one class's queries and keys over a group of $G$ images, image $g$ owning tokens $gT \dots (g+1)T - 1$.
+# Per head, compute $A$ (Eq. 4) and return the `(heads,)` mean over all $G·T$ query tokens of the weight
+# a token gives to the **other** images' tokens (uniform attention: $(G-1)/G$).
+
+# %% nbgrader={"grade": false, "grade_id": "head_cross_share_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def head_cross_share(q, k, tokens_per_image):
+    """(heads, G·T, d_k) queries and keys → (heads,) mean attention weight given to the other images' tokens."""
+    ### BEGIN SOLUTION
+    A = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)      # Eq. 4
+    img = torch.arange(q.shape[-2]) // tokens_per_image
+    other = (img[:, None] != img[None, :]).to(A.dtype)
+    return (A * other).sum(-1).mean(-1)
+    ### END SOLUTION
+
+
+# %% [markdown]
+# §6.2's validation pairs, the trained transformer of the shared class, head by head.
+
+# %%
+@torch.no_grad()
+def pair_queries_keys(net, item, c):
+    "Queries and keys (heads, 2·h·w, d_k) of class c's transformer layer for one pair, and h·w."
+    dev = next(net.parameters()).device
+    feats, _ = net.class_features(item["image"][None].to(dev), item["class_idx"][None].to(dev))    # Eq. 2
+    slot, blk = int((item["class_idx"] == c).nonzero()[0, 0]), net.cma.stacks[c][0]
+    u = blk.norm1(net.cma.embed(feats)[0, slot])                                                   # Eq. 3, then LN
+    q, k = (lin(u).view(-1, blk.attn.heads, blk.attn.d_k).transpose(0, 1).cpu() for lin in (blk.attn.q, blk.attn.k))
+    return q, k, feats.shape[-2] * feats.shape[-1]
+
+
+qk = [pair_queries_keys(model, val_pairs[j], int(val_pairs.pairs[j][2])) for j in range(att["n_pairs"])]
+share = torch.stack([grading.attempt(head_cross_share, medam.mean_cross_image_share, *qk[0])]
+                    + [medam.mean_cross_image_share(*a) for a in qk[1:]])                           # (pairs, heads)
+print(f"{len(qk)} validation pairs; share of the attention given to the other image (uniform: 50%): "
+      + ", ".join(f"head {h + 1} {float(share[:, h].mean()):.0%} (pairs {float(share[:, h].min()):.0%}…{float(share[:, h].max()):.0%})"
+                  for h in range(share.shape[1])) + f"; heads averaged {float(share.mean()):.1%} (§6.2: {att['cross_share']:.1%})")
+
+# %% nbgrader={"grade": true, "grade_id": "head_cross_share", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("head_cross_share"):
+    q_t = torch.tensor([[[math.log(3.0)], [0.0]], [[0.0], [0.0]]])              # (heads=2, G·T=2, d_k=1): T = 1
+    k_t = torch.tensor([[[1.0], [0.0]], [[1.0], [0.0]]])
+    out = head_cross_share(q_t, k_t, 1)
+    assert tuple(out.shape) == (2,), f"shape {tuple(out.shape)}, expected (heads,) = (2,)"
+    assert out.dtype == torch.float32, f"dtype {out.dtype}, expected float32"
+    # head 0: token 0 weights the keys softmax(ln 3, 0) = (3/4, 1/4): 1/4 to image 2; token 1 (q = 0) weights
+    # both 1/2: 1/2 to image 1; mean 3/8. Head 1: q = 0 everywhere, uniform: 1/2
+    assert torch.allclose(out, torch.tensor([3 / 8, 1 / 2]), atol=1e-6), f"{out} ≠ [3/8, 1/2]"
+    out3 = head_cross_share(torch.zeros(1, 6, 4), torch.ones(1, 6, 4), 2)
+    assert torch.allclose(out3, torch.tensor([2 / 3]), atol=1e-6), f"three images, uniform attention: {out3} ≠ [2/3]"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        nh, G_, T_, dk = int(rng.integers(1, 4)), int(rng.integers(2, 4)), int(rng.integers(1, 7)), int(rng.integers(1, 9))
+        cases.append((torch.as_tensor(2 * rng.normal(size=(nh, G_ * T_, dk)), dtype=torch.float32),
+                      torch.as_tensor(2 * rng.normal(size=(nh, G_ * T_, dk)), dtype=torch.float32), T_))
+    grading.check_against(head_cross_share, medam.mean_cross_image_share, cases, seed=grading.seed_of(rng),
+                          forbid=["wsss_core.models.edam.mean_cross_image_share", "wsss_core.models.edam.cross_image_share",
+                                  "wsss_core.models.edam.attention_weights"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 3 · a saliency rule the masks can veto (3 points)
+#
+# With Eq. 10 the saliency map alone decides the foreground (§8). Write `salient_and_active(masks, label,
+# saliency, theta, sal_theta)`: `masks` `(C, H, W)`, `label` `(C,)` multi-hot, `saliency` `(H, W)` in
+# $[0, 1]$ (8-bit value: $\mathrm{round}(255 S)$). A pixel is the present class with the largest mask (ties:
+# the lower index) if $\mathrm{round}(255 S) > 100\vartheta$ **and** that mask $> \theta$; otherwise 0.
+# Return `(H, W)` int64.
+
+# %% nbgrader={"grade": false, "grade_id": "salient_and_active_answer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def salient_and_active(masks, label, saliency, theta, sal_theta):
+    """(C, H, W) masks, (C,) label, (H, W) saliency in [0, 1] → (H, W) int64 labels: salient and mask > θ."""
+    ### BEGIN SOLUTION
+    m, y = np.asarray(masks, np.float32), np.asarray(label).astype(bool)
+    fg = np.where(y[:, None, None], m, np.float32(-1.0))
+    best, top = fg.argmax(0) + 1, fg.max(0)
+    salient = np.rint(np.asarray(saliency, np.float64) * 255.0) > 100.0 * sal_theta
+    return np.where(salient & (top > np.float32(theta)), best, 0).astype(np.int64)
+    ### END SOLUTION
+
+
+# %% [markdown]
+# The rule on every training image for a few $\theta$, next to §7.1's rows.
+
+# %%
+if HAS_SAL:
+    M0, lab0 = load_maps(MASK_DIR, SHOW[0])
+    grading.attempt(salient_and_active, stage.salient_and_active_labels, M0, lab0, saliency_of(SHOW[0]), BEST, cfg.sal_theta)
+    from wsss_core.evaluation import LabelMapEvaluator
+    THETAS = sorted({0.3, 0.6, 0.9, float(BEST)})
+    evs = {t: LabelMapEvaluator(C, L.data.context_pairs) for t in THETAS}
+    for i in range(len(eval_ds)):
+        raw, (Mi, lab_i) = sal_ds.get_raw(i), load_maps(MASK_DIR, i)
+        for t, e in evs.items():
+            e.update_from_sample(stage.salient_and_active_labels(Mi, lab_i, raw["saliency"], t, cfg.sal_theta), raw)
+    VETO = [(f"saliency ∧ mask > {t:g}", e.summary()) for t, e in evs.items()]
+    display(Markdown("| EDAM pseudo-labels | mIoU | fg precision | fg recall | context leak |\n|---|---:|---:|---:|---:|\n" + "\n".join(
+        f"| {n} | {f3(g(r, 'miou'))} | {f3(g(r, 'fg_precision'))} | {f3(g(r, 'fg_recall'))} | {f3(g(r, 'context_leak'))} |"
+        for n, r in [(f"θ* = {BEST:g} (Eq. 9)", report), ("saliency override (Eq. 10)", sal_report)] + VETO)))
+
+# %% nbgrader={"grade": true, "grade_id": "salient_and_active", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+with grading.tests("salient_and_active"):
+    m_t = np.array([[[0.9, 0.3, 0.9, 0.2, 0.8]], [[0.1, 0.6, 0.1, 0.4, 0.0]]], np.float32)   # (C=2, H=1, W=5)
+    s_t = np.array([[200, 200, 10, 200, 20]]) / 255.0
+    out = salient_and_active(m_t, np.array([1, 1]), s_t, 0.5, 0.2)
+    assert isinstance(out, np.ndarray) and out.shape == (1, 5), f"an (H, W) = (1, 5) array, got {np.shape(out)}"
+    assert out.dtype == np.int64, f"dtype {out.dtype}, expected int64"
+    # salient and active → the class; 10 and 20 are not above 0.2·100 → 0; salient but max 0.4 ≤ θ → 0
+    assert out.tolist() == [[1, 2, 0, 0, 0]], f"{out.tolist()} ≠ [[1, 2, 0, 0, 0]]"
+    assert salient_and_active(m_t, np.array([1, 0]), s_t, 0.5, 0.2).tolist() == [[1, 0, 0, 0, 0]], "absent classes never win"
+    ### BEGIN HIDDEN TESTS
+    rng = grading.fresh_rng()
+    cases = []
+    for _ in range(5):
+        C_, H, W = int(rng.integers(1, 6)), int(rng.integers(2, 9)), int(rng.integers(2, 9))
+        cases.append((rng.random((C_, H, W)).astype(np.float32), (rng.random(C_) < 0.6).astype(np.float32),
+                      (rng.integers(0, 256, size=(H, W)) / 255.0).astype(np.float32), float(rng.uniform(0.05, 0.95)),
+                      float(rng.choice([0.1, 0.2, 0.5, 1.0]))))
+    grading.check_against(salient_and_active, stage.salient_and_active_labels, cases, seed=grading.seed_of(rng),
+                          compare=lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                          forbid=["wsss_core.stages.edam.salient_and_active_labels", "wsss_core.stages.edam.saliency_override",
+                                  "wsss_core.cams.cams_to_labels", "wsss_core.cams.with_background"])
+    ### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Question · what can the masks veto? (2 points, graded by hand)
+#
+# Read Exercise 3's table next to §8's figure. Which θ does best, and what does the veto gain and lose
+# against the override (Eq. 10)? Which of §8's two failures can it fix, which not, and why? Answer in
+# 2–4 sentences below, with your numbers.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "veto_question", "locked": false, "points": 2, "schema_version": 3, "solution": true, "task": false}
+# *Model answer.* A moderate θ does best (tutorial, seed 0: about 0.75 mIoU at θ = 0.3–0.6 against the
+# override's 0.73): the veto drops salient pixels where no present class responds — detector false alarms
+# and halos around objects — so precision rises for a small loss of recall. It can only remove
+# foreground: objects the detector misses (§8's first row) stay background, and it loses the official
+# rule's non-salient mask peaks. A high θ also cuts object pixels where the masks dip, so recall and mIoU fall.
+
+# %% [markdown]
 # ## 10 Summary and pointers
 #
 # * EDAM replaces CAMs by **masks** from a DA layer: per-location L2 normalisation over $C + 1$ channels

@@ -13,8 +13,8 @@ from wsss_core import engine
 from wsss_core.cams import load_cams
 from wsss_core.models.backbones import CompactCNN
 from wsss_core.models.edam import (CollaborativeMultiAttention, DALayer, EDAMNet, MultiHeadSelfAttention,
-                                   SinusoidalPositionalEncoding, class_specific_features, da_normalize, edam_loss,
-                                   group_targets)
+                                   SinusoidalPositionalEncoding, class_specific_features, da_normalize,
+                                   da_normalize_without_sink, edam_loss, group_targets, mean_cross_image_share)
 from wsss_core.stages import edam as stage
 
 
@@ -32,6 +32,19 @@ def test_da_normalize_hand_computed():
     assert torch.equal(m[0, :, 0, 2], torch.zeros(3))
     with pytest.raises(ValueError):
         da_normalize(torch.zeros(3, 4, 5))
+
+
+def test_da_normalize_without_sink_hand_computed():
+    v = torch.zeros(1, 3, 1, 3)
+    v[0, :, 0, 0] = torch.tensor([3.0, -4.0, 12.0])     # classes (3, −4), sink 12 → (0.6, 0.8), the sink ignored
+    v[0, :, 0, 1] = torch.tensor([0.0, 0.0, 5.0])       # only the sink: the classes stay 0 (no division by zero)
+    v[0, :, 0, 2] = torch.tensor([0.1, 0.0, 9.0])       # faint, one class: 1 without the sink (0.011 with it)
+    m = da_normalize_without_sink(v)
+    assert m.shape == (1, 2, 1, 3)
+    assert torch.allclose(m[0, :, 0], torch.tensor([[0.6, 0.0, 1.0], [0.8, 0.0, 0.0]]))
+    assert float(da_normalize(v)[0, 0, 0, 2]) == pytest.approx(0.1 / math.hypot(0.1, 9.0))
+    with pytest.raises(ValueError):
+        da_normalize_without_sink(torch.zeros(1, 1, 2, 2))
 
 
 def test_da_layer_unit_norm_and_non_negative():
@@ -144,6 +157,21 @@ def test_cma_shapes_and_cross_image_attention():
         cma(feats, idx[:, :2])
 
 
+def test_mean_cross_image_share_per_head():
+    # one key dimension, two images of one token: k = (1, 0); head 0: q = (ln 3, 0) → token 0 attends
+    # softmax(ln 3, 0) = (3/4, 1/4), so 1/4 to image 2; token 1 (q = 0) uniform, 1/2 to image 1 → mean 3/8.
+    # head 1: q = 0 → uniform → 1/2
+    q = torch.tensor([[[math.log(3.0)], [0.0]], [[0.0], [0.0]]])
+    k = torch.tensor([[[1.0], [0.0]], [[1.0], [0.0]]])
+    got = mean_cross_image_share(q, k, 1)
+    assert got.shape == (2,)
+    assert torch.allclose(got, torch.tensor([3 / 8, 1 / 2]))
+    # three images, uniform attention: (G − 1) / G of it leaves each image
+    assert torch.allclose(mean_cross_image_share(torch.zeros(4, 6, 3), torch.randn(4, 6, 3), 2), torch.full((4,), 2 / 3))
+    with pytest.raises(ValueError):
+        mean_cross_image_share(torch.zeros(1, 5, 2), torch.zeros(1, 5, 2), 2)
+
+
 def test_edam_net_shapes_loss_and_ablation():
     torch.manual_seed(0)
     C = 5
@@ -188,6 +216,22 @@ def test_saliency_override_official_rule():
     assert np.array_equal(stage.saliency_override(masks, label, sal / 255.0, theta=0.2), got)
     with pytest.raises(ValueError):
         stage.saliency_override(masks, label[:2], sal)
+
+
+def test_salient_and_active_labels():
+    masks = np.zeros((2, 1, 5), np.float32)
+    masks[0, 0] = [0.9, 0.3, 0.9, 0.2, 0.8]
+    masks[1, 0] = [0.1, 0.6, 0.1, 0.4, 0.0]
+    sal = np.array([[200, 200, 10, 200, 20]], np.uint8)
+    # salient and active → the present class; not salient (10, and 20 ≤ 0.2·100) → 0; max 0.4 ≤ θ → 0
+    got = stage.salient_and_active_labels(masks, np.array([1, 1]), sal, theta=0.5, sal_theta=0.2)
+    assert got.dtype == np.int64 and got.tolist() == [[1, 2, 0, 0, 0]]
+    # class 2 absent: pixel 1 only has class 1's 0.3 ≤ θ → background; a float map gives the same
+    assert stage.salient_and_active_labels(masks, np.array([1, 0]), sal / 255.0, 0.5).tolist() == [[1, 0, 0, 0, 0]]
+    # the official override keeps pixel 3 (salient, max mask 0.4): there the masks cannot veto the detector
+    assert stage.saliency_override(masks, np.array([1, 1]), sal, theta=0.2).tolist() == [[1, 2, 0, 2, 0]]
+    with pytest.raises(ValueError):
+        stage.salient_and_active_labels(masks, np.array([1]), sal, 0.5)
 
 
 def test_recall_at_precision_interpolates():

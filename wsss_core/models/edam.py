@@ -57,11 +57,13 @@ import torch.nn.functional as F
 
 __all__ = [
     "da_normalize",
+    "da_normalize_without_sink",
     "DALayer",
     "class_specific_features",
     "SinusoidalPositionalEncoding",
     "attention_weights",
     "cross_image_share",
+    "mean_cross_image_share",
     "MultiHeadSelfAttention",
     "TransformerBlock",
     "CollaborativeMultiAttention",
@@ -92,6 +94,29 @@ def da_normalize(logits: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     if logits.ndim != 4:
         raise ValueError(f"expected (B, C+1, h, w) maps, got shape {tuple(logits.shape)}")
     return F.normalize(logits, p=2.0, dim=1, eps=eps).abs()
+
+
+def da_normalize_without_sink(logits: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Eq. 1 without the sink: the DA normalisation over the ``C`` class channels only (the ablation of
+    notebook ``03_edam`` §9; EDAM itself normalises over ``C + 1``).
+
+    Parameters
+    ----------
+    logits : (B, C + 1, h, w) float
+        The DA convolution's output; its last channel (the sink) is dropped.
+    eps : float
+        Lower bound of the norm, as in :func:`da_normalize`.
+
+    Returns
+    -------
+    (B, C, h, w) float
+        ``|v_c| / max(‖(v_1 … v_C)‖₂, eps)``: every pixel with any class activation has unit norm over
+        the classes, so its largest class mask is at least ``1/√C`` — a pixel can no longer give its
+        norm away.
+    """
+    if logits.ndim != 4 or logits.shape[1] < 2:
+        raise ValueError(f"expected (B, C+1, h, w) maps with C >= 1, got shape {tuple(logits.shape)}")
+    return da_normalize(logits[:, :-1], eps)
 
 
 class DALayer(nn.Module):
@@ -195,6 +220,18 @@ def cross_image_share(weights: torch.Tensor, tokens_per_image: int) -> torch.Ten
     img = torch.arange(L, device=weights.device) // tokens_per_image
     other = (img[:, None] != img[None, :]).to(weights.dtype)
     return (weights * other).sum(-1)
+
+
+def mean_cross_image_share(q: torch.Tensor, k: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
+    """Mean share of the attention (Eq. 4) that a group's tokens give to the *other* images' tokens,
+    for every head separately (notebook ``03_edam`` §9).
+
+    ``q``, ``k``: (..., G·T, d_k), e.g. (heads, G·T, d_k) — image ``g`` owns tokens ``g·T .. (g+1)·T − 1``
+    (``T = tokens_per_image``) → (...,): :func:`cross_image_share` of :func:`attention_weights`,
+    averaged over the ``G·T`` query tokens. 0: each image attends only to itself; uniform attention
+    gives ``(G − 1) / G``.
+    """
+    return cross_image_share(attention_weights(q, k), tokens_per_image).mean(-1)
 
 
 class MultiHeadSelfAttention(nn.Module):

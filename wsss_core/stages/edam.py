@@ -617,6 +617,36 @@ def saliency_override(masks, label, saliency, theta: float = 0.2, alpha: float =
     return scores.argmax(0).astype(np.int64)
 
 
+def salient_and_active_labels(masks, label, saliency, theta: float, sal_theta: float = 0.2) -> np.ndarray:
+    """Pseudo-labels that need both cues (notebook ``03_edam`` §9; a variant of Eqs. 9 and 10): a pixel
+    is the present class with the largest mask if its 8-bit saliency is above ``sal_theta · 100``
+    (Eq. 10's foreground) **and** that mask is above ``theta`` (Eq. 9's foreground); otherwise
+    background. Unlike :func:`saliency_override` the masks can veto a salient pixel (a distractor the
+    detector fires on) and can never add a non-salient one.
+
+    Parameters
+    ----------
+    masks : (C, H, W) float in [0, 1] (max-normalised; absent classes are ignored).
+    label : (C,) multi-hot.
+    saliency : (H, W) float in [0, 1] (an 8-bit PNG / 255; its 8-bit value is ``round(255·S)``) or uint8.
+    theta : the constant background of Eq. 9 (ties → background).
+    sal_theta : ϑ of Eq. 10 (official 0.2 ⇒ salient above 20 of 255).
+
+    Returns
+    -------
+    (H, W) int64 in 0..C (ties between classes → the lower class index).
+    """
+    from ..cams import cams_to_labels
+
+    m = np.asarray(masks, np.float32)
+    sal = np.asarray(saliency)
+    if m.ndim != 3 or sal.shape != m.shape[1:] or np.shape(label) != (m.shape[0],):
+        raise ValueError(f"masks (C, H, W) {m.shape}, label (C,) {np.shape(label)} and saliency (H, W) {sal.shape} disagree")
+    sal255 = sal.astype(np.float64) if sal.dtype == np.uint8 else np.rint(np.clip(sal, 0, 1) * 255.0)
+    labels = cams_to_labels(m, np.asarray(label), threshold=float(theta))
+    return np.where(sal255 > sal_theta * 100.0, labels, 0).astype(np.int64)
+
+
 def saliency_dataset(root, split: str, cfg: EDAMStageConfig, **kw) -> VOCLayoutDataset:
     """Evaluation view of a split with masks, part/context masks and the saliency maps of
     ``cfg.saliency_dir`` (raises :class:`~wsss_core.data.palette.DatasetError` if that folder is absent)."""
