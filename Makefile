@@ -73,10 +73,10 @@ assignments: $(STAMP)
 	$(PY) course/build.py assignments --config $(COURSE) --root $(RUNS)/course
 
 grade: $(if $(SUBMISSIONS),$(STAMP),grade-usage)
-	$(PY) course/build.py grade --config $(COURSE) --root $(RUNS)/course --submissions $(SUBMISSIONS)
+	$(PY) course/build.py grade --config $(COURSE) --root $(RUNS)/course --submissions $(SUBMISSIONS) $(if $(GRADE_PROFILE),--profile $(GRADE_PROFILE))
 
 grade-usage:
-	@echo "usage: make grade SUBMISSIONS=DIR  (DIR/<student>/<assignment>/<notebook>.ipynb)"; exit 2
+	@echo "usage: make grade SUBMISSIONS=DIR [GRADE_PROFILE=smoke]  (DIR/<student>/<assignment>/<notebook>.ipynb)"; exit 2
 
 clean:
 	rm -rf $(RUNS) data/toy

@@ -255,6 +255,28 @@ def _precheck(path: Path, source_nb, res: Result) -> bool:
     return True
 
 
+def set_parameters(path: Path, values: dict) -> list[str]:
+    """Set ``NAME = value`` lines of the notebook's ``parameters`` cell (as papermill would inject them) in
+    the course root's copy of a submission; returns the names set. The parameters cell is not graded, so
+    nbgrader keeps it as submitted; a notebook without one is left alone."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    done = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            lines = cell.source.splitlines()
+            for name, value in values.items():
+                for i, line in enumerate(lines):
+                    if re.match(rf"{name}\s*=", line):
+                        lines[i] = f"{name} = {value!r}  # set by course/build.py grade"
+                        done.append(name)
+            cell.source = "\n".join(lines)
+            break
+    nbformat.write(nb, path)
+    return done
+
+
 def _timeouts(path: Path, cell_timeout: float | None) -> list[str]:
     """Cells of an autograded notebook that ran past nbgrader's per-cell limit (or killed the kernel)."""
     import nbformat
@@ -345,9 +367,14 @@ def _autograde(root: Path, aid: str, students: list[str], limit: float, log: Pat
     return failures
 
 
-def grade(course: Course, root: Path, submissions: Path, out_dir: Path | None = None) -> list[Result]:
+def grade(course: Course, root: Path, submissions: Path, out_dir: Path | None = None,
+          profile: str | None = None) -> list[Result]:
     """Autograde every ``submissions/<student>/<assignment>/`` folder, generate the feedback, write
-    ``grades.csv`` and ``grades.md`` into ``out_dir`` (default ``root/grades``)."""
+    ``grades.csv`` and ``grades.md`` into ``out_dir`` (default ``root/grades``).
+
+    ``profile`` (e.g. ``"smoke"``): grade every lesson at that profile instead of the one in the submission's
+    parameters cell, with ``OUT_DIR`` shared by all submissions (``root/lesson_runs/<profile>``), so the
+    lessons' upstream models are trained once. The exercises' tests do not depend on the profile."""
     import nbformat
 
     root, submissions = root.resolve(), submissions.resolve()
@@ -379,6 +406,10 @@ def grade(course: Course, root: Path, submissions: Path, out_dir: Path | None = 
             dest = root / "submitted" / sid / aid
             shutil.copytree(got, dest)
             gradable = [name for name, src_nb in nbs.items() if _precheck(dest / f"{name}.ipynb", src_nb, res)]
+            if profile:
+                for name in gradable:
+                    set_parameters(dest / f"{name}.ipynb",
+                                   {"PROFILE": profile, "OUT_DIR": str(root / "lesson_runs" / profile)})
             if not gradable:
                 shutil.rmtree(dest)
                 res.failed = True
@@ -499,6 +530,7 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=str(DEFAULT_ROOT), help="temporary course root (generated; not committed)")
     ap.add_argument("--submissions", help="grade: DIR/<student>/<assignment>/<notebook>.ipynb")
     ap.add_argument("--out", help="grade: folder for grades.csv / grades.md (default ROOT/grades)")
+    ap.add_argument("--profile", help="grade: run every lesson at this profile (e.g. smoke: minutes, not hours)")
     args = ap.parse_args(argv)
     try:
         import nbgrader  # noqa: F401
@@ -511,7 +543,14 @@ def main(argv=None) -> int:
     else:
         if not args.submissions:
             ap.error("grade needs --submissions DIR")
-        grade(course, Path(args.root), Path(args.submissions), Path(args.out) if args.out else None)
+        if args.profile:
+            from wsss_core.profiles import check_profile
+
+            try:
+                check_profile(args.profile)
+            except ValueError as err:
+                ap.error(str(err))
+        grade(course, Path(args.root), Path(args.submissions), Path(args.out) if args.out else None, args.profile)
     return 0
 
 

@@ -132,10 +132,10 @@ def test_package_holds_no_nbgrader_solution_regions():
     assert not leaks
 
 
-@pytest.mark.xfail(reason="issue 16: the lessons still check their exercises with wsss_core.exercises.solutions*; "
-                          "they leave the package when the lessons' exercises move to nbgrader cells", strict=False)
 def test_package_ships_no_solution_modules():
+    """Issue 16: the exercises' solutions live only in the instructor notebooks (nbgrader regions)."""
     assert not list((REPO / "wsss_core").rglob("solutions*.py"))
+    assert not (REPO / "wsss_core" / "exercises").exists()
 
 
 @pytest.mark.parametrize("student", list(EXPECTED))
