@@ -11,6 +11,7 @@ on time; ``within_budget`` says how the run fared, and the load average says how
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
         print(f"{p}: no such file (run `make tutorial` first)", file=sys.stderr)
         return 2
     out = lesson_budget(json.loads(p.read_text()))
+    out["made_by"] = f"python benchmarks/lesson_budget.py {a.summary} (the runner's summary of a run from an empty folder)"
+    out["made_on"] = datetime.date.today().isoformat()
     out["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
                       "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(out, indent=2))

@@ -78,6 +78,24 @@ def test_compare_to_baseline_directions_and_missing():
     assert any(p.startswith("01.leak") for p in probs) and any(p.startswith("01.gone: missing") for p in probs)
 
 
+def test_per_pair_figures_are_recorded_and_checked():
+    from wsss_core.notebooks import make_baseline
+
+    rec = {"notebook": "05", "metrics": {"eps_confusion_ratio_per_pair": {"boat/water": 0.12, "train/rails": 0.08},
+                                         "eps_miou": 0.68, "cam_miou_per_pair": "not a dict"}}
+    base = make_baseline([rec], "tutorial", 0.03)
+    assert base["metrics"]["05"] == {"eps_confusion_ratio_per_pair.boat/water": 0.12,
+                                     "eps_confusion_ratio_per_pair.train/rails": 0.08, "eps_miou": 0.68}
+    assert "eps_confusion_ratio_per_pair.boat/water" in base["lower_is_better"]
+    assert compare_to_baseline([rec], base, 0.03) == []
+    worse = {"notebook": "05", "metrics": {"eps_confusion_ratio_per_pair": {"boat/water": 0.2, "train/rails": 0.08},
+                                           "eps_miou": 0.68}}
+    assert compare_to_baseline([worse], base, 0.03) == [
+        "05.eps_confusion_ratio_per_pair.boat/water: 0.2 vs baseline 0.12 (tolerance 0.03)"]
+    gone = {"notebook": "05", "metrics": {"eps_miou": 0.68}}
+    assert len(compare_to_baseline([gone], base, 0.03)) == 2
+
+
 def test_cli_generates_and_validates_toy_tree(tmp_path, capsys):
     from wsss_core.data.toyscenes import ToySceneConfig, ensure_toyscenes
 

@@ -157,7 +157,7 @@ def compare_to_baseline(records: list[dict], baseline: dict, default_tol: float)
             continue  # not run this time (--only)
         for key, ref in expected.items():
             tol = float(tols.get(key, default_tol))
-            val = got[nb].get(key)
+            val = metric_value(got[nb], key)
             if val is None or (isinstance(val, float) and math.isnan(val)):
                 if key not in optional:
                     problems.append(f"{nb}.{key}: missing (baseline {ref})")
@@ -171,6 +171,28 @@ def compare_to_baseline(records: list[dict], baseline: dict, default_tol: float)
 HIGHER_IS_BETTER = ("miou", "map", "recall", "precision", "iou", "max_f", "boundary_f", "ratio_", "_ratio", "accuracy")
 LOWER_IS_BETTER = ("leak", "confusion_ratio", "mae", "error")
 REAL_DATA_KEYS = ("grabcut_benchmark", "horse_")   # written only where ../shared/data exists
+
+
+def flat_figures(metrics: dict) -> dict:
+    """A notebook's numeric figures, one level flat: ``{"cam_miou": 0.57, "cam_confusion_ratio_per_pair.boat/water": 0.38}``.
+    Per-pair dicts (keys ending in ``_per_pair``, e.g. EPS's confusion ratio of each class/context pair) carry
+    a lesson's claim as much as the pooled figure, so they are recorded as ``key.pair``."""
+    out = {}
+    for key, val in metrics.items():
+        if key.endswith("_per_pair") and isinstance(val, dict):
+            out.update({f"{key}.{sub}": v for sub, v in val.items()})
+        else:
+            out[key] = val
+    return out
+
+
+def metric_value(metrics: dict, key: str):
+    """``metrics[key]``, or for ``key.pair`` (see :func:`flat_figures`) ``metrics[key][pair]``; None if absent."""
+    if key in metrics:
+        return metrics[key]
+    base, _, sub = key.partition(".")
+    inner = metrics.get(base) if sub else None
+    return inner.get(sub) if isinstance(inner, dict) else None
 
 
 def quality_direction(key: str) -> str | None:
@@ -219,7 +241,7 @@ def make_baseline(records: list[dict], profile: str, tolerance: float, command: 
 
     metrics, lower, optional = {}, set(), set()
     for r in records:
-        for key, val in (r.get("metrics") or {}).items():
+        for key, val in flat_figures(r.get("metrics") or {}).items():
             if isinstance(val, bool) or not isinstance(val, (int, float)) or math.isnan(float(val)):
                 continue
             d = quality_direction(key)
