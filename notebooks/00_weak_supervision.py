@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -31,7 +31,7 @@
 # ## 2 Parameters
 
 # %% tags=["parameters"]
-PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (≈ 30 s on 2 CPU cores the first time, when it generates the data; ≈ 20 s after) | "paper" (the tutorial scenes)
+PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (≈ 15 s on 2 CPU cores the first time, when it generates the data; ≈ 10 s after) | "paper" (the tutorial scenes)
 DATA_ROOT = None            # None: the profile's toy-scenes folder (generated on first use)
 DEVICE = "auto"             # unused here (nothing is trained); every notebook takes the same parameters
 SEED = 0                    # picks which images are shown

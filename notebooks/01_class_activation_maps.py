@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -31,7 +31,7 @@
 # ## 2 Parameters
 
 # %% tags=["parameters"]
-PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (≈ 1.5 min the first time on 2 CPU cores, seconds after) | "paper" (VOC, GPU)
+PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (≈ 1 min the first time on 2 CPU cores, seconds after) | "paper" (VOC, GPU)
 DATA_ROOT = None            # None: the profile's data folder (toy scenes are generated on first use)
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds training and the choice of images shown

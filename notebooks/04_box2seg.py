@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,7 +41,7 @@
 # Papermill overwrites these values (the runner injects `PROFILE`, `OUT_DIR`, `SEED`, `DEVICE`).
 
 # %% tags=["parameters"]
-PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (2 free CPU cores: ≈ 3 min after 00/01, < 1 min rerun) | "study" | "paper"
+PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (2 free CPU cores: ≈ 2 min after 00/01, < 1 min rerun) | "study" | "paper"
 DATA_ROOT = None            # None: the profile's default data folder (toy scenes are generated on first use)
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds the trainings and the choice of images shown

@@ -38,7 +38,7 @@
 # ## 2 Parameters
 
 # %% tags=["parameters"]
-PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (laptop CPU, about 3 min) | "study" | "paper"
+PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (2 CPU cores: ≈ 1.5 min after 01) | "study" | "paper"
 DATA_ROOT = None            # None: the profile's default data folder (toy scenes are generated on first use)
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds training and the choice of images shown

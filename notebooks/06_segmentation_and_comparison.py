@@ -39,7 +39,7 @@
 # ## 2 Parameters
 
 # %% tags=["parameters"]
-PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (2 CPU cores: 5-9 min after 01-05) | "study" | "paper"
+PROFILE = "tutorial"        # "smoke" (CI, seconds) | "tutorial" (2 CPU cores: ≈ 6 min after 01-05) | "study" | "paper"
 DATA_ROOT = None            # None: the profile's default data folder
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # the same seed as notebooks 01-05, so that their outputs are reused
