@@ -255,7 +255,7 @@ class Result:
         """:data:`COMPLETE`, :data:`PARTIAL` or :data:`ABSENT`."""
         if self.record() is not None:
             return COMPLETE
-        if self.folder.is_dir() and any(p.name != LOCK_NAME for p in self.folder.iterdir()):
+        if self.folder.is_dir() and any(p.name != LOCK_NAME and not _is_temp(p) for p in self.folder.iterdir()):
             return PARTIAL
         return ABSENT
 
@@ -268,11 +268,28 @@ class Result:
         """Mark the folder as being (re)made: the marker goes first."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.marker_path.unlink(missing_ok=True)
+        sweep_temp(self.folder)
 
     def complete(self, record: Mapping) -> Path:
         """Write the marker (atomically) with ``record`` and the time it was written."""
         rec = {**dict(record), "completed": _now()}
         return atomic_write_json(self.marker_path, rec, default=str)
+
+
+def _is_temp(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
+def sweep_temp(folder) -> list[Path]:
+    """Delete the temporary files (:func:`atomic_path`) that dead processes of this host left in
+    ``folder`` (a killed writer's half file); returns them. Files of live processes are kept."""
+    gone = []
+    for p in Path(folder).glob(".*.tmp"):
+        pid = p.name[:-4].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def _now() -> str:
