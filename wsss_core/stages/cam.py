@@ -389,6 +389,7 @@ def run(cfg: CAMStageConfig, data, out_dir, progress: bool = True) -> CAMStageRe
     if not engine.is_main_process():  # under torchrun rank 0 holds the lock for all ranks
         return _run(cfg, data, out_dir, progress)
     with store.lock(out_dir):
+        store.sweep_temp(out_dir, recursive=True)  # half files of a killed run
         return _run(cfg, data, out_dir, progress)
 
 

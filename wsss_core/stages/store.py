@@ -280,11 +280,13 @@ def _is_temp(p: Path) -> bool:
     return p.name.startswith(".") and p.name.endswith(".tmp")
 
 
-def sweep_temp(folder) -> list[Path]:
+def sweep_temp(folder, recursive: bool = False) -> list[Path]:
     """Delete the temporary files (:func:`atomic_path`) that dead processes of this host left in
-    ``folder`` (a killed writer's half file); returns them. Files of live processes are kept."""
+    ``folder`` (and its sub-folders, with ``recursive``): a killed writer's half file. Returns them;
+    files of live processes are kept."""
     gone = []
-    for p in Path(folder).glob(".*.tmp"):
+    folder = Path(folder)
+    for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
         pid = p.name[:-4].rsplit(".", 1)[-1]
         if pid.isdigit() and not _pid_alive(int(pid)):
             p.unlink(missing_ok=True)
