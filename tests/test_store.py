@@ -257,3 +257,53 @@ def test_cam_run_refuses_a_folder_another_run_holds(tmp_path):
         p.kill()
         p.wait()
     assert not (tmp_path / "classifier").exists()  # nothing written
+
+
+# ------------------------------------------------------------------------------------------------
+# wsss status
+# ------------------------------------------------------------------------------------------------
+
+def test_status_table_and_what_a_rerun_would_do(tmp_path, capsys):
+    """A smoke CAM stage trained for 1 epoch, then asked about the smoke profile (2 epochs)."""
+    import torch
+
+    from wsss_core import cli, engine
+    from wsss_core.stages import status
+
+    torch.set_num_threads(1)
+    root = tmp_path / "data"
+    data = profiles.prepare_data("smoke", root, progress=False)
+    cfg = profiles.cam_config("smoke")
+    short = cfg.replace(train=cfg.train.replace(epochs=1, progress=False))
+    run_dir = tmp_path / "runs"
+    res = cam.run(short, data, run_dir / cam.NOTEBOOK, progress=False)
+
+    rows = {r.folder.relative_to(run_dir).as_posix(): r for r in status.scan(run_dir)}
+    ck = f"{cam.NOTEBOOK}/classifier/{res.checkpoint_dir.name}"
+    assert set(rows) == {ck, f"{cam.NOTEBOOK}/cams", f"{cam.NOTEBOOK}/pseudo_labels"}
+    assert all(r.state == store.COMPLETE for r in rows.values())
+    assert rows[ck].stage == "cam" and rows[ck].identity == res.checkpoint_dir.name[-8:]
+    assert rows[f"{cam.NOTEBOOK}/cams"].identity == rows[ck].identity
+
+    # the smoke profile trains 2 epochs: a new classifier, and the field that differs is named
+    planned = status.plan(status.scan(run_dir), "smoke", run_dir, root)
+    want = cam.checkpoint_dir_for(cfg, run_dir / cam.NOTEBOOK, data)
+    new = [r for r in planned if r.folder == want]
+    assert len(new) == 1 and new[0].state == store.ABSENT and "train.epochs" in new[0].rerun
+    assert {r.stage for r in planned if r.state == store.ABSENT} == {"cam", "affinity", "edam", "eps"}
+    made = {r.folder.name: r.rerun for r in planned if r.kind != "checkpoint"}
+    assert made["cams"].startswith("remake (made by " + res.checkpoint_dir.name)
+
+    # a checkpoint that did not finish is partial
+    ckpt = res.checkpoint_dir / engine.CHECKPOINT_NAME
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["finished"] = False
+    torch.save(state, ckpt)
+    r = [r for r in status.scan(run_dir) if r.kind == "checkpoint"][0]
+    assert r.state == store.PARTIAL
+
+    assert cli.main(["status", str(run_dir), "--profile", "smoke", "--data-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| stage | folder | identity | state | note | rerun |") and "train.epochs" in out
+    assert cli.main(["status", str(tmp_path / "nowhere")]) == 2
+    assert "no such run folder" in capsys.readouterr().err

@@ -253,15 +253,25 @@ def evaluate_cams(cam_dir, dataset, cfg: CAMStageConfig, context_pairs=None, thr
 
 def save_pseudo_labels(cam_dir, dataset, out_dir, threshold: float | None = 0.15, alpha: float | None = None,
                        progress: bool = True) -> Path:
-    """Write each image's CAM pseudo-label as a VOC palette PNG ``out_dir/<id>.png``."""
+    """Write each image's CAM pseudo-label as a VOC palette PNG ``out_dir/<id>.png``; then the folder's
+    marker ``out_dir/.complete.json`` (:func:`label_record`: which maps, threshold, number of images),
+    removed before the first PNG is written."""
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = store.Result(out_dir)
+    folder.begin()
     for iid in tqdm(dataset.ids, desc="pseudo-labels", disable=not progress):
         cams, label = load_cams(Path(cam_dir) / f"{iid}.npz")
-        write_label_png(out_dir / f"{iid}.png", cams_to_labels(cams, label, threshold=threshold, alpha=alpha))
-    return out_dir
+        write_label_png(folder.folder / f"{iid}.png", cams_to_labels(cams, label, threshold=threshold, alpha=alpha))
+    folder.complete(label_record(cam_dir, dataset, threshold, alpha))
+    return folder.folder
+
+
+def label_record(cam_dir, dataset, threshold: float | None, alpha: float | None = None) -> dict:
+    """What identifies the pseudo-labels of :func:`save_pseudo_labels`: the classifier that made the maps
+    (their marker's ``classifier``), the rule's threshold / alpha and the number of images."""
+    return {"classifier": (cam_folder(cam_dir).record() or {}).get("classifier"), "threshold": threshold,
+            "alpha": alpha, "n_images": len(dataset.ids)}
 
 
 def write_metrics(path, metrics: dict) -> Path:
@@ -415,13 +425,11 @@ def _run(cfg: CAMStageConfig, data, out_dir: Path, progress: bool) -> CAMStageRe
         report = evaluate_cams(cam_dir, ev, cfg, data.context_pairs)
         save_report(out_dir, ckpt.name, report)
     labels = store.Result(label_dir)
-    expect = {"classifier": ckpt.name, "threshold": report["best_threshold"], "n_images": len(ev)}
-    if not labels.is_complete(expect):
+    if not labels.is_complete(label_record(cam_dir, ev, report["best_threshold"])):
         labels.begin()
-        for p in label_dir.glob("*.png"):
+        for p in label_dir.glob("*.png"):  # (labels of other images)
             p.unlink()
         save_pseudo_labels(cam_dir, ev, label_dir, threshold=report["best_threshold"], progress=progress)
-        labels.complete(expect)
     return CAMStageResult(model, cfg, ckpt, cam_dir, label_dir, report, ev, val_map)
 
 

@@ -220,7 +220,8 @@ def atomic_write_json(path, obj: Any, indent: int | None = 2, **kw) -> Path:
 COMPLETE, PARTIAL, ABSENT = "complete", "partial", "absent"
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None when it is absent, unreadable or not an object."""
     try:
         out = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -249,7 +250,7 @@ class Result:
 
     def record(self) -> dict | None:
         """The marker's content (None when absent or unreadable)."""
-        return _read_json(self.marker_path)
+        return read_json(self.marker_path)
 
     def state(self) -> str:
         """:data:`COMPLETE`, :data:`PARTIAL` or :data:`ABSENT`."""
@@ -372,7 +373,7 @@ def lock(folder, wait: float = 0.0, poll: float = 0.2) -> Iterator[Path]:
     while True:
         if _create_whole(path, json.dumps(me)):
             break
-        holder = _read_json(path)
+        holder = read_json(path)
         stale = holder is not None and holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1)))
         if stale:  # a killed run's lock: take it over (move it aside first, so that two takers cannot both win)
             grave = path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
@@ -380,7 +381,7 @@ def lock(folder, wait: float = 0.0, poll: float = 0.2) -> Iterator[Path]:
                 os.replace(path, grave)
             except FileNotFoundError:
                 continue
-            if _read_json(grave) != holder:  # it was replaced by a live lock meanwhile: put that one back
+            if read_json(grave) != holder:  # it was replaced by a live lock meanwhile: put that one back
                 with contextlib.suppress(FileExistsError):
                     os.link(grave, path)
             grave.unlink(missing_ok=True)
@@ -395,5 +396,5 @@ def lock(folder, wait: float = 0.0, poll: float = 0.2) -> Iterator[Path]:
         yield path
     finally:
         del _HELD[path]
-        if (_read_json(path) or {}).get("pid") == me["pid"]:
+        if (read_json(path) or {}).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
