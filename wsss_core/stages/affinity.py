@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from .. import engine
 from ._config import StageConfig
-from ..affinity import (_span, affinity_labels, affinity_loss, crf_available, downsample_labels, local_affinities,
-                        pair_labels, pair_offsets, random_walk_labels)
+from ..affinity import (affinity_labels, affinity_loss, crf_available, downsample_labels, local_affinities,
+                        offset_slices, pair_labels, pair_offsets, random_walk_labels)
 from ..cams import cams_to_labels, load_cams
 from ..data.palette import read_label_png, write_label_png
 from ..data.transforms import train_transforms
@@ -685,8 +685,8 @@ def same_region_pairs(instance_grid, radius: int) -> tuple[torch.Tensor, torch.T
     same = torch.zeros(len(offs), h, w, dtype=torch.bool)
     valid = torch.zeros(len(offs), h, w, dtype=torch.bool)
     for k, (dy, dx) in enumerate(offs):
-        sy, ty = _span(dy, h)
-        sx, tx = _span(dx, w)
+        sy, ty = offset_slices(dy, h)
+        sx, tx = offset_slices(dx, w)
         a, b = g[sy, sx], g[ty, tx]
         same[k, sy, sx] = a == b
         valid[k, sy, sx] = (a != 255) & (b != 255)
@@ -747,8 +747,8 @@ def affinity_quality(affinity_fn, gt_dataset, indices, stride: int, radius: int,
             raise ValueError(f"affinity grid {tuple(aff.shape[1:])} ≠ label grid {(h, w)}")
         g, p = torch.as_tensor(inst), torch.as_tensor(part) > 0
         for k, (dy, dx) in enumerate(pair_offsets(radius)):
-            sy, ty = _span(dy, h)
-            sx, tx = _span(dx, w)
+            sy, ty = offset_slices(dy, h)
+            sx, tx = offset_slices(dx, w)
             a, b = g[sy, sx], g[ty, tx]
             ao, bo = (a > 0) & (a != 255), (b > 0) & (b != 255)
             kind = torch.full(a.shape, 3)                                     # object-background
