@@ -227,6 +227,17 @@ def test_a_lock_from_another_host_is_never_presumed_dead(tmp_path):
             pass
 
 
+def test_an_unreadable_lock_is_refused_while_fresh_and_taken_over_when_old(tmp_path):
+    lock = tmp_path / store.LOCK_NAME
+    lock.write_text("{")  # e.g. a file system without hard links, writer killed mid-way
+    with pytest.raises(store.ResultLocked, match="unknown process"):
+        with store.lock(tmp_path):
+            pass
+    os.utime(lock, (time.time() - 120, time.time() - 120))
+    with store.lock(tmp_path):
+        pass
+
+
 def test_two_processes_on_one_folder(tmp_path):
     """A second process asking for a held lock gets the error; after the first releases it, it gets it."""
     code = ("import sys, time; from wsss_core.stages import store\n"

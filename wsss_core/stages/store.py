@@ -348,6 +348,17 @@ def _create_whole(path: Path, text: str) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+def _stale(path: Path, holder: Mapping | None, host: str) -> bool:
+    """A lock of a dead process of this host, or an unreadable one older than a minute."""
+    if holder is None:
+        try:
+            return time.time() - path.stat().st_mtime > 60
+        except FileNotFoundError:
+            return False
+    pid = holder.get("pid")
+    return holder.get("host") == host and isinstance(pid, int) and pid > 0 and not _pid_alive(pid)
+
+
 @contextlib.contextmanager
 def lock(folder, wait: float = 0.0, poll: float = 0.2) -> Iterator[Path]:
     """Hold ``folder/.lock`` for the block: ``{"pid", "host", "started"}``, created whole (written to a
@@ -355,8 +366,9 @@ def lock(folder, wait: float = 0.0, poll: float = 0.2) -> Iterator[Path]:
 
     If another live process on this host holds it, wait up to ``wait`` seconds, then raise
     :class:`ResultLocked` naming the holder. A lock whose pid is dead on this host (a killed run) is
-    taken over; a lock from another host is never presumed dead (delete it by hand if it is). The same
-    process may take a lock it already holds (re-entrant).
+    taken over, as is an unreadable lock file older than a minute; a lock from another host is never
+    presumed dead (delete it by hand if it is). The same process may take a lock it already holds
+    (re-entrant).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -374,7 +386,7 @@ def lock(folder, wait: float = 0.0, poll: float = 0.2) -> Iterator[Path]:
         if _create_whole(path, json.dumps(me)):
             break
         holder = read_json(path)
-        stale = holder is not None and holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1)))
+        stale = _stale(path, holder, me["host"])
         if stale:  # a killed run's lock: take it over (move it aside first, so that two takers cannot both win)
             grave = path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
             try:
