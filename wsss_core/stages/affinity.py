@@ -831,6 +831,8 @@ def run(cfg: AffinityStageConfig, data, out_dir, cam_cfg=None, cam_result=None, 
     ckpt = checkpoint_dir_for(cfg, out_dir, cam_result.checkpoint_dir.name, data)
     train_ds = affinity_dataset(data.root, data.train_split, label_dir, cfg)
     model, _ = train_affinitynet(cfg, train_ds, ckpt, classifier=cam_result.model)
+    if engine.is_main_process():
+        store.record_identity(ckpt, affinitynet_identity(cfg, cam_result.checkpoint_dir.name, data))
     timing, reused = ensure_rw_labels(model, ev, cam_result.cam_dir, rw_dir, cfg, ckpt.name, progress=progress)
     report_path = out_dir / "rw_report.json"
     report = None

@@ -298,8 +298,6 @@ NOTEBOOK = "01_class_activation_maps"
 """The notebook (and OUT_DIR sub-folder) that owns this stage's artifacts."""
 
 REPORT_NAME = "cam_report.json"
-IDENTITY_NAME = "identity.json"
-"""Written into a checkpoint folder by :func:`run`: the identity fields behind its name (for ``wsss status``)."""
 
 STAGE = "cam"
 FORMAT_VERSION = 1
@@ -410,7 +408,7 @@ def _run(cfg: CAMStageConfig, data, out_dir: Path, progress: bool) -> CAMStageRe
     val_ds = classification_dataset(data.root, data.val_split, cfg, train=False)
     model, _ = train_classifier(cfg, train_ds, ckpt, val_ds=val_ds)
     if engine.is_main_process():
-        store.atomic_write_json(ckpt / IDENTITY_NAME, ident.to_dict(), default=str)  # read by `wsss status`
+        store.record_identity(ckpt, ident)  # read by `wsss status`
     val_map = classification_report(model, val_ds)["map"]
     ev = evaluation_dataset(data.root, data.train_split, cfg)
     cam_dir, label_dir = out_dir / "cams", out_dir / "pseudo_labels"

@@ -782,6 +782,8 @@ def run(cfg: EDAMStageConfig, data, out_dir, cam_cfg=None, cam_result=None, prog
     ckpt = checkpoint_dir_for(cfg, out_dir, cam_result.checkpoint_dir.name, data)
     pairs = pair_dataset(data.root, data.train_split, cfg)
     model, _ = train_edam(cfg, pairs, ckpt, classifier=cam_result.model)
+    if engine.is_main_process():
+        store.record_identity(ckpt, edam_identity(cfg, cam_result.checkpoint_dir.name, data))
     mask_dir, label_dir = out_dir / f"masks{tag}", out_dir / f"pseudo_labels{tag}"
     ensure_masks(model, ev, mask_dir, cfg, ckpt.name, progress=progress)
     sal_ok = has_saliency(data.root, cfg)

@@ -652,6 +652,8 @@ def run(cfg: EPSStageConfig, data, out_dir, progress: bool = True) -> EPSStageRe
     train_ds = training_dataset(data.root, data.train_split, cfg)
     val_ds = validation_dataset(data.root, data.val_split, cfg)
     model, history = train_eps(cfg, train_ds, ckpt, val_ds=val_ds if cfg.val_every_epoch else None)
+    if engine.is_main_process():
+        store.record_identity(ckpt, classifier_identity(cfg, data))
     train_seconds = float(sum(r.get("seconds", 0.0) for r in history.epochs))
     val_map = classification_report(model, val_ds)["map"]
     ev = evaluation_dataset(data.root, data.train_split, cfg, mask_dir=data.mask_dir)

@@ -151,14 +151,12 @@ def expected_checkpoints(profile: str, out_dir, data, seed: int = 0) -> dict[str
 
 def _why(stage: str, want: Path, ident: store.Identity, rows: list[Row]) -> str:
     """Why no existing checkpoint of ``stage`` serves: the fields that differ from the recorded ones."""
-    from .cam import IDENTITY_NAME
-
     others = [r for r in rows if r.kind == "checkpoint" and r.stage == stage and r.folder.parent == want.parent]
     if not others:
         return "none there yet"
     diffs = []
     for r in others:
-        rec = store.read_json(r.folder / IDENTITY_NAME)
+        rec = store.read_json(r.folder / store.IDENTITY_NAME)
         if rec and isinstance(rec.get("fields"), dict):
             diffs.append(f"{r.identity}: {', '.join(store.diff_fields(rec['fields'], ident.fields)) or 'same fields'}")
         else:

@@ -54,6 +54,10 @@ identity (a changed ``amp`` makes a new checkpoint folder); the engine alone tol
 MARKER = ".complete.json"
 """The default completion marker of a result folder."""
 
+IDENTITY_NAME = "identity.json"
+"""Written into a checkpoint folder by the stages' ``run``: the identity behind its name (``wsss status``
+names the fields that differ from it)."""
+
 LOCK_NAME = ".lock"
 
 
@@ -149,6 +153,11 @@ def identity(stage: str, config: Any, data_fingerprint: Mapping | None = None, u
 
 def _canon(v) -> str:
     return json.dumps(v, sort_keys=True, default=str)
+
+
+def record_identity(folder, ident: Identity) -> Path:
+    """Write ``folder/identity.json`` (atomically) — call it from one process (rank 0 under torchrun)."""
+    return atomic_write_json(Path(folder) / IDENTITY_NAME, ident.to_dict(), default=str)
 
 
 def diff_fields(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
