@@ -318,3 +318,83 @@ def test_status_table_and_what_a_rerun_would_do(tmp_path, capsys):
     assert out.startswith("| stage | folder | identity | state | note | rerun |") and "train.epochs" in out
     assert cli.main(["status", str(tmp_path / "nowhere")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input (the ones the store answers; issue 18 lists twenty)
+# ------------------------------------------------------------------------------------------------
+
+def _disk_full_after(monkeypatch, n_bytes: int):
+    """Simulate ENOSPC: writes to temporary files fail once ``n_bytes`` have been written."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            if self.n + len(b) > n_bytes:
+                self.f.write(b[: max(n_bytes - self.n, 0)])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.n += len(b)
+            return self.f.write(b)
+
+        def __getattr__(self, k):
+            return getattr(self.f, k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return self.f.__exit__(*a)
+
+    def fake_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return Full(f) if str(file).endswith(".tmp") and "w" in mode else f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("what", ["metrics.json", "label PNG", "CAM npz"])
+def test_disk_full_while_writing_names_the_file_and_keeps_the_old_one(what, tmp_path, monkeypatch):
+    import numpy as np
+
+    from wsss_core.cams import load_cams, save_cams
+    from wsss_core.data.palette import read_label_png, write_label_png
+
+    writers = {
+        "metrics.json": (tmp_path / "metrics.json", lambda p, v: cam.write_metrics(p, {"miou": v, "pad": "x" * 4000}),
+                         lambda p: json.loads(p.read_text())["miou"]),
+        "label PNG": (tmp_path / "a.png", lambda p, v: write_label_png(p, np.random.RandomState(v).randint(0, 3, (64, 64))),
+                      lambda p: int(read_label_png(p).sum())),
+        "CAM npz": (tmp_path / "a.npz", lambda p, v: save_cams(p, np.random.RandomState(v).rand(3, 64, 64), [1, 0, 1]),
+                    lambda p: float(load_cams(p)[0].sum())),
+    }
+    path, write, read = writers[what]
+    write(path, 1)
+    before = read(path)
+    _disk_full_after(monkeypatch, 100)
+    with pytest.raises(OSError) as e:
+        write(path, 2)
+    monkeypatch.undo()
+    msg = str(e.value)
+    assert str(path) in msg and "No space left" in msg and "\n" not in msg
+    assert read(path) == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.bad_input
+def test_status_of_a_missing_folder_and_an_unknown_profile(tmp_path, capsys):
+    from wsss_core import cli
+
+    assert cli.main(["status", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"wsss status: {tmp_path / 'nowhere'}: no such run folder"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["status", str(tmp_path), "--profile", "huge"])
+    assert e.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown profile 'huge'; the profiles are: smoke, tutorial, study, paper"):
+        profiles.cam_config("huge")

@@ -185,7 +185,8 @@ def _tmp_name(path: Path) -> Path:
 def atomic_path(path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block ends without an error it replaces
     ``path`` (``os.replace``, atomic on one file system), otherwise it is deleted and ``path`` is left
-    as it was. Folders are made as needed.
+    as it was; an ``OSError`` (a full disk, a read-only folder) is raised again naming ``path``. Folders
+    are made as needed.
 
         with atomic_path(out / "x.npz") as tmp:
             with open(tmp, "wb") as f:
@@ -197,6 +198,8 @@ def atomic_path(path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: say which file, and that nothing half-written was left
+        raise type(e)(e.errno, f"{path}: {e.strerror or e} (not written; any previous file is unchanged)") from e
     finally:
         if tmp.exists():
             tmp.unlink()
