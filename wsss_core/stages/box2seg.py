@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -894,14 +893,11 @@ def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg:
         extra["missing"] = result_store.fingerprint(sd.missing)
     store = sd.store(target)
     ckpt = checkpoint_dir_for(name, target, loss, seg, out_dir, extra)
-    existed = (ckpt / engine.CHECKPOINT_NAME).is_file()
-    t0 = time.perf_counter()
+    reused = _finished(ckpt)  # a finished checkpoint is reloaded, not trained (decided by its state, not by timing)
     with torch_threads(cfg.torch_threads):
         model, history = train_segmenter(name, target, loss, seg, training_dataset(sd.base, store, seg, loss.rho),
                                          sd.base.num_classes, ckpt, backbone_state=sd.backbone_state, callbacks=callbacks)
-    wall = time.perf_counter() - t0
     seconds = float(sum(r["seconds"] for r in history.epochs))
-    reused = existed and wall < 0.5 * max(seconds, 1e-9)
     vpath = ckpt / "val.json"
     ident = {"val": sd.val.split, "n_val": len(sd.val), "long_side": seg.eval_long_side, "pairs": sorted(sd.context_pairs)}
     val = None
