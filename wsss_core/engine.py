@@ -79,6 +79,7 @@ __all__ = [
     "CheckpointMismatchError",
     "train",
     "load_checkpoint_weights",
+    "is_finished",
     "predict",
     "CHECKPOINT_NAME",
 ]
@@ -1093,6 +1094,18 @@ def train(
 # --------------------------------------------------------------------------------------------------
 # reuse and inference
 # --------------------------------------------------------------------------------------------------
+def is_finished(checkpoint_dir) -> bool:
+    """Whether ``checkpoint_dir`` holds a finished training (``last.pt`` with ``finished``): :func:`train`
+    would reload it instead of training. A missing or unreadable file is not finished (``train`` says why)."""
+    p = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if not p.is_file():
+        return False
+    try:
+        return bool(torch.load(p, map_location="cpu", weights_only=False).get("finished"))
+    except Exception:  # noqa: BLE001 - a broken file is retrained
+        return False
+
+
 def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
     """Load weights into ``model`` from a :func:`train` checkpoint or a bare ``state_dict`` file.
 

@@ -893,7 +893,7 @@ def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg:
         extra["missing"] = result_store.fingerprint(sd.missing)
     store = sd.store(target)
     ckpt = checkpoint_dir_for(name, target, loss, seg, out_dir, extra)
-    reused = _finished(ckpt)  # a finished checkpoint is reloaded, not trained (decided by its state, not by timing)
+    reused = engine.is_finished(ckpt)  # reloaded, not trained: by state, not timing
     with torch_threads(cfg.torch_threads):
         model, history = train_segmenter(name, target, loss, seg, training_dataset(sd.base, store, seg, loss.rho),
                                          sd.base.num_classes, ckpt, backbone_state=sd.backbone_state, callbacks=callbacks)
@@ -922,16 +922,6 @@ def setting_checkpoint(name: str, cfg: Box2SegStageConfig, sd: StageData, out_di
     if target == "mask_missing":
         extra["missing"] = result_store.fingerprint(sd.missing)
     return checkpoint_dir_for(name, target, loss, seg or cfg.seg, out_dir, extra)
-
-
-def _finished(ckpt: Path) -> bool:
-    p = Path(ckpt) / engine.CHECKPOINT_NAME
-    if not p.is_file():
-        return False
-    try:
-        return bool(torch.load(p, map_location="cpu", weights_only=False).get("finished"))
-    except Exception:  # a broken file is retrained (the engine says why)
-        return False
 
 
 class _QueueProgress:
@@ -987,7 +977,7 @@ def run_settings(names: Sequence[str], cfg: Box2SegStageConfig, sd: StageData, o
     names = list(dict.fromkeys(names))
     seg = seg or cfg.seg
     workers = cfg.train_workers if workers is None else workers
-    todo = [n for n in names if not _finished(setting_checkpoint(n, cfg, sd, out_dir, seg))]
+    todo = [n for n in names if not engine.is_finished(setting_checkpoint(n, cfg, sd, out_dir, seg))]
     fresh: dict[str, float] = {}
     if (workers or 0) > 1 and len(todo) > 1 and engine.select_device(seg.train.device).type == "cpu":
         for n in todo:  # targets are built once here and shipped to the workers with sd

@@ -226,17 +226,7 @@ def checkpoint_dir_for(cfg: SegStageConfig, label_dir, out_dir) -> Path:
     return Path(out_dir) / f"{cfg.backbone}-{cfg.head}-e{cfg.train.epochs}-seed{cfg.train.seed}-{fp}"
 
 
-def is_finished(checkpoint_dir) -> bool:
-    """Whether ``checkpoint_dir`` holds a finished training (the engine's ``last.pt`` with ``finished``)."""
-    import torch
-
-    p = Path(checkpoint_dir) / engine.CHECKPOINT_NAME
-    if not p.is_file():
-        return False
-    try:
-        return bool(torch.load(p, map_location="cpu", weights_only=False).get("finished"))
-    except Exception:  # a broken file is retrained (the engine says why)
-        return False
+is_finished = engine.is_finished  # (comparison.py asks the stage)
 
 
 def run(cfg: SegStageConfig, data, label_dir, out_dir, progress: bool = True) -> SegResult:
