@@ -66,6 +66,7 @@ __all__ = [
     "neighbour_offsets",
     "pair_indices",
     "pair_validity",
+    "offset_slices",
     "affinity_labels",
     "confident_regions",
     "crf_available",
@@ -133,8 +134,9 @@ def neighbour_offsets(radius: int, include_self: bool = True) -> list[tuple[int,
     return ([(0, 0)] if include_self else []) + fwd + [(-dy, -dx) for dy, dx in fwd]
 
 
-def _span(d: int, n: int) -> tuple[slice, slice]:
-    """Source and target slices along one axis for offset ``d`` on a length-``n`` axis."""
+def offset_slices(d: int, n: int) -> tuple[slice, slice]:
+    """Source and target slices along one axis for offset ``d`` on a length-``n`` axis: ``x[src]`` and
+    ``x[tgt]`` are the positions ``i`` and ``i + d`` that both lie on the axis (empty when ``|d| >= n``)."""
     if d >= 0:
         return slice(0, max(n - d, 0)), slice(d, n)
     return slice(-d, n), slice(0, max(n + d, 0))
@@ -146,8 +148,8 @@ def pair_validity(size: tuple[int, int], radius: int, device=None) -> torch.Tens
     offs = pair_offsets(radius)
     valid = torch.zeros(len(offs), h, w, dtype=torch.bool, device=device)
     for k, (dy, dx) in enumerate(offs):
-        sy, _ = _span(dy, h)
-        sx, _ = _span(dx, w)
+        sy, _ = offset_slices(dy, h)
+        sx, _ = offset_slices(dx, w)
         valid[k, sy, sx] = True
     return valid
 
@@ -185,8 +187,8 @@ def pair_indices(size: tuple[int, int], radius: int, layout: str = "full") -> tu
         raise ValueError(f"layout must be 'full' or 'psa', got {layout!r}")
     a, b = [], []
     for dy, dx in offs:
-        sy, ty = _span(dy, h)
-        sx, tx = _span(dx, w)
+        sy, ty = offset_slices(dy, h)
+        sx, tx = offset_slices(dx, w)
         a.append(full[sy, sx].reshape(-1))
         b.append(full[ty, tx].reshape(-1))
     return np.concatenate(a), np.concatenate(b)
@@ -390,8 +392,8 @@ def pair_labels(labels: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.
     offs = pair_offsets(radius)
     out = [torch.zeros(B, len(offs), h, w, dtype=torch.bool, device=lab.device) for _ in range(3)]
     for k, (dy, dx) in enumerate(offs):
-        sy, ty = _span(dy, h)
-        sx, tx = _span(dx, w)
+        sy, ty = offset_slices(dy, h)
+        sx, tx = offset_slices(dx, w)
         a, b = lab[:, sy, sx], lab[:, ty, tx]
         valid = (a != IGNORE_INDEX) & (b != IGNORE_INDEX)
         same = (a == b) & valid
@@ -418,8 +420,8 @@ class _LocalL1Affinity(torch.autograd.Function):
         offs = pair_offsets(radius)
         out = f.new_zeros(B, len(offs), h, w)
         for k, (dy, dx) in enumerate(offs):
-            sy, ty = _span(dy, h)
-            sx, tx = _span(dx, w)
+            sy, ty = offset_slices(dy, h)
+            sx, tx = offset_slices(dx, w)
             out[:, k, sy, sx] = torch.exp(-(f[:, :, sy, sx] - f[:, :, ty, tx]).abs_().mean(1))
         ctx.save_for_backward(f, out)
         ctx.radius = radius
@@ -433,8 +435,8 @@ class _LocalL1Affinity(torch.autograd.Function):
         coef = -(grad * out) / D
         gf = torch.zeros_like(f)
         for k, (dy, dx) in enumerate(pair_offsets(ctx.radius)):
-            sy, ty = _span(dy, h)
-            sx, tx = _span(dx, w)
+            sy, ty = offset_slices(dy, h)
+            sx, tx = offset_slices(dx, w)
             t = torch.sign(f[:, :, sy, sx] - f[:, :, ty, tx]).mul_(coef[:, k, sy, sx].unsqueeze(1))
             gf[:, :, sy, sx] += t
             gf[:, :, ty, tx] -= t
@@ -523,8 +525,8 @@ def _coo(aff: torch.Tensor, radius: int, beta: float, dtype) -> tuple[np.ndarray
     full = np.arange(N, dtype=np.int64).reshape(h, w)
     rows, cols, vals = [np.arange(N)], [np.arange(N)], [np.ones(N)]
     for k, (dy, dx) in enumerate(pair_offsets(radius)):
-        sy, ty = _span(dy, h)
-        sx, tx = _span(dx, w)
+        sy, ty = offset_slices(dy, h)
+        sx, tx = offset_slices(dx, w)
         i, j, v = full[sy, sx].reshape(-1), full[ty, tx].reshape(-1), a[k, sy, sx].reshape(-1) ** beta
         rows += [i, j]
         cols += [j, i]

@@ -52,6 +52,8 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from .stages.store import atomic_write_json
+
 __all__ = [
     "GrabCutConfig",
     "box_pixels",
@@ -581,6 +583,7 @@ def make_grabcut_labels(dataset, out_dir, cfg: GrabCutConfig | None = None, work
             and all((out_dir / f"{i}.png").is_file() for i in ids)):
         return old
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # the marker goes first: a killed remake is never reused
     n = len(ids)
     if workers is None:
         workers = min(os.cpu_count() or 1, max(1, n))
@@ -624,5 +627,5 @@ def make_grabcut_labels(dataset, out_dir, cfg: GrabCutConfig | None = None, work
     man = {"config": cfg.to_dict(), "fingerprint": cfg.fingerprint(), "ids": ids, "fill": fill, "how": how,
            "how_counts": counts, "seconds": seconds, "images_per_second": n / seconds if seconds > 0 else None,
            "workers": workers}
-    (out_dir / MANIFEST).write_text(json.dumps(man))
+    atomic_write_json(out_dir / MANIFEST, man, indent=None)  # written last: the folder's completion marker
     return man

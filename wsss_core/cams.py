@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import IGNORE_INDEX
+from .stages.store import atomic_path
 
 
 def default_cam_fn(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -211,16 +212,16 @@ def miou_from_confusion(mat: np.ndarray) -> np.ndarray:
 
 def save_cams(path: str | os.PathLike, cams: np.ndarray | torch.Tensor, label) -> None:
     """Store the present classes' maps of ``cams`` (C, H, W) as float16 in ``<path>.npz``
-    (keys: ``keys`` = present class channels, ``cams`` = (K, H, W), ``num_classes``)."""
+    (keys: ``keys`` = present class channels, ``cams`` = (K, H, W), ``num_classes``), atomically."""
     cams = cams.detach().cpu().numpy() if isinstance(cams, torch.Tensor) else np.asarray(cams)
     lab = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label).astype(bool)
     keys = np.nonzero(lab)[0]
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, keys=keys.astype(np.int64), cams=cams[keys].astype(np.float16),
-             num_classes=np.int64(cams.shape[0]))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a killed writer leaves no half file behind
+        np.savez(f, keys=keys.astype(np.int64), cams=cams[keys].astype(np.float16),
+                 num_classes=np.int64(cams.shape[0]))
 
 
 def load_cams(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@
                                                                # DeepLab on a pseudo-label folder, val mIoU
     wsss segment --profile tutorial --out runs/cli/seg_full    # the fully supervised upper bound
     wsss notebooks --profile smoke --out runs/smoke            # = python -m wsss_core.notebooks
+    wsss status runs/smoke --profile smoke                     # what is there, complete or not, what a rerun redoes
 
 The presets are the ones the notebooks use (:mod:`wsss_core.profiles`), so the CLI reproduces a
 notebook's numbers. Under ``torchrun --nproc_per_node N -m wsss_core.cli cam ...`` training runs
@@ -117,6 +118,20 @@ def _cmd_segment(a) -> int:
     return 0
 
 
+def _cmd_status(a) -> int:
+    from .stages import status as ST
+
+    try:
+        rows = ST.scan(a.out_dir)
+        if a.profile:
+            rows = ST.plan(rows, a.profile, a.out_dir, a.data_root, seed=a.seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"wsss status: {e}", file=sys.stderr)
+        return 2
+    print(ST.format_table(rows, a.out_dir, with_rerun=bool(a.profile)) if rows else f"{a.out_dir}: no stage results")
+    return 0
+
+
 def main(argv=None) -> int:
     from .profiles import PROFILE_NAMES
 
@@ -161,6 +176,14 @@ def main(argv=None) -> int:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto")
     g.set_defaults(fn=_cmd_segment)
+
+    s = sub.add_parser("status", help="the stage results under a run folder: identity, complete or partial, "
+                                      "and with --profile what a rerun would recompute and why")
+    s.add_argument("out_dir", help="a run folder (OUT_DIR of the notebooks, or --out of wsss cam)")
+    s.add_argument("--profile", choices=PROFILE_NAMES, help="compare with the checkpoints this profile would use")
+    s.add_argument("--data-root", help="the profile's data folder (default: where the notebooks put it)")
+    s.add_argument("--seed", type=int, default=0, help="the notebooks' SEED (default 0)")
+    s.set_defaults(fn=_cmd_status)
 
     n = sub.add_parser("notebooks", help="run the notebooks with papermill (see python -m wsss_core.notebooks -h)",
                        add_help=False)

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .evaluation import evaluate_label_dir
+from .stages.store import atomic_write_json
 
 NOTEBOOK = "06_segmentation_and_comparison"
 
@@ -380,7 +381,7 @@ def _cached(path: Path, compute: Callable[[], dict]) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     result = compute()
-    path.write_text(json.dumps(result, indent=2, default=float))
+    atomic_write_json(path, result, default=float)
     return result
 
 
@@ -447,7 +448,5 @@ def write_metrics(path, rows: Sequence[dict], extra: dict | None = None) -> dict
     m = metrics_from_rows(rows)
     if extra:
         m.update(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(m, indent=2, default=float))
+    atomic_write_json(path, m, default=float)
     return m

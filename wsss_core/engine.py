@@ -61,6 +61,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from .stages import store
+
 __all__ = [
     "select_device",
     "seed_everything",
@@ -77,6 +79,7 @@ __all__ = [
     "CheckpointMismatchError",
     "train",
     "load_checkpoint_weights",
+    "is_finished",
     "predict",
     "CHECKPOINT_NAME",
 ]
@@ -497,20 +500,6 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# fields that may differ between a checkpoint and the run resuming from it
-_RESUME_FREE_FIELDS = frozenset(
-    {
-        "progress",
-        "desc",
-        "num_workers",
-        "checkpoint_dir",
-        "resume",
-        "device",
-        "amp",
-        "deterministic",
-        "find_unused_parameters",
-    }
-)
 
 
 class CheckpointMismatchError(ValueError):
@@ -794,15 +783,8 @@ def _set_rng_state(state: Mapping) -> None:
 
 def _atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with store.atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _load(path) -> dict:
@@ -813,7 +795,7 @@ def _config_diff(stored: Mapping, cfg: TrainConfig) -> list[str]:
     current = cfg.to_dict()
     diffs = []
     for key in sorted(set(stored) | set(current)):
-        if key in _RESUME_FREE_FIELDS:
+        if key in store.RESUME_TOLERATED_FIELDS:  # fields a checkpoint may differ in from the run resuming it
             continue
         a, b = stored.get(key, "<absent>"), current.get(key, "<absent>")
         if a != b:
@@ -1112,6 +1094,18 @@ def train(
 # --------------------------------------------------------------------------------------------------
 # reuse and inference
 # --------------------------------------------------------------------------------------------------
+def is_finished(checkpoint_dir) -> bool:
+    """Whether ``checkpoint_dir`` holds a finished training (``last.pt`` with ``finished``): :func:`train`
+    would reload it instead of training. A missing or unreadable file is not finished (``train`` says why)."""
+    p = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if not p.is_file():
+        return False
+    try:
+        return bool(torch.load(p, map_location="cpu", weights_only=False).get("finished"))
+    except Exception:  # noqa: BLE001 - a broken file is retrained
+        return False
+
+
 def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
     """Load weights into ``model`` from a :func:`train` checkpoint or a bare ``state_dict`` file.
 

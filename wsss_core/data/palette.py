@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..stages.store import atomic_path
+
 
 class DatasetError(ValueError):
     """A dataset file is missing, unreadable or inconsistent. The message names the file."""
@@ -37,7 +39,7 @@ def colorize(label: np.ndarray) -> np.ndarray:
 
 
 def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Save an ``(H, W)`` label map with values in 0..255 as a VOC palette PNG."""
+    """Save an ``(H, W)`` label map with values in 0..255 as a VOC palette PNG (atomically)."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"{path}: label map must be 2-D, got shape {label.shape}")
@@ -45,8 +47,8 @@ def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
         raise ValueError(f"{path}: label values must lie in 0..255, got {label.min()}..{label.max()}")
     img = Image.fromarray(label.astype(np.uint8), mode="P")
     img.putpalette(VOC_PALETTE.reshape(-1).tolist())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, optimize=False)
+    with atomic_path(path) as tmp:  # a killed writer leaves no half PNG behind
+        img.save(tmp, format="PNG", optimize=False)
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:

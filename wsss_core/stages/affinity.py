@@ -17,7 +17,6 @@ would later be trained on (PSA and IRN report their pseudo-label mIoU on VOC *tr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ import torch.nn.functional as F
 
 from .. import engine
 from ._config import StageConfig
-from ..affinity import (_span, affinity_labels, affinity_loss, crf_available, downsample_labels, local_affinities,
-                        pair_labels, pair_offsets, random_walk_labels)
+from ..affinity import (affinity_labels, affinity_loss, crf_available, downsample_labels, local_affinities,
+                        offset_slices, pair_labels, pair_offsets, random_walk_labels)
 from ..cams import cams_to_labels, load_cams
 from ..data.palette import read_label_png, write_label_png
 from ..data.transforms import train_transforms
@@ -40,6 +39,7 @@ from ..evaluation import evaluate_label_dir as _evaluate_label_dir
 from ..models.affinitynet import AffinityNet
 from ..models.backbones import build_backbone
 from . import cam as cam_stage
+from . import store
 
 NOTEBOOK = "02_affinitynet_random_walk"
 """The notebook (and OUT_DIR sub-folder) that owns this stage's artifacts."""
@@ -270,17 +270,18 @@ def ensure_affinity_labels(cam_dir, dataset, out_dir, cfg: AffinityStageConfig, 
     see :func:`make_affinity_labels`."""
     out_dir = Path(out_dir)
     source = json.loads(json.dumps(_label_source(cfg, cam_source, dataset), default=str))
-    sp = out_dir / "source.json"
-    old = json.loads(sp.read_text()) if sp.is_file() else None
+    folder = store.Result(out_dir, marker="source.json")  # written last, removed first
+    old = folder.record()
     if old is not None and {k: old.get(k) for k in source} == source:
         make_affinity_labels(cam_dir, dataset, out_dir, cfg, progress=progress, workers=workers)  # fills in missing files
         return float(old["seconds"]), True
+    folder.begin()
     for p in out_dir.glob("*.png"):
         p.unlink()
     t0 = time.perf_counter()
     make_affinity_labels(cam_dir, dataset, out_dir, cfg, progress=progress, workers=workers)
     seconds = time.perf_counter() - t0
-    sp.write_text(json.dumps({**source, "seconds": seconds}, indent=2))
+    folder.complete({**source, "seconds": seconds})
     return seconds, False
 
 
@@ -394,20 +395,23 @@ def train_affinitynet(cfg: AffinityStageConfig, train_ds, checkpoint_dir=None, c
 
 
 _INFERENCE_FIELDS = {"rw_radius", "rw_alpha", "beta", "t", "rw_method", "rw_batch_size", "cache_images"}
-_RUN_FREE = ("device", "progress", "num_workers", "checkpoint_dir", "resume", "desc")
+STAGE = "affinity"
+FORMAT_VERSION = 1
+
+
+def affinitynet_identity(cfg: AffinityStageConfig, classifier_name: str = "", data=None) -> store.Identity:
+    """AffinityNet's identity: its config without inference- and run-only fields, the CAM classifier
+    (checkpoint folder name) its labels and initial weights came from, and the data set."""
+    return store.identity(STAGE, cfg, store.data_identity(data) if data is not None else None,
+                          upstream={"classifier": classifier_name}, version=FORMAT_VERSION,
+                          exclude=_INFERENCE_FIELDS)
 
 
 def checkpoint_dir_for(cfg: AffinityStageConfig, out_dir, classifier_name: str = "", data=None) -> Path:
     """``out_dir/affinitynet/<backbone>-s<stride>-r<radius>-e<epochs>-seed<seed>-<fingerprint>``; the
     fingerprint covers everything that changes the trained weights: the model, labels, augmentation,
     optimiser, the CAM classifier the labels (and initial weights) came from and the data set."""
-    ident = {k: v for k, v in cfg.to_dict().items() if k not in _INFERENCE_FIELDS}
-    ident["train"] = {k: v for k, v in cfg.train.to_dict().items() if k not in _RUN_FREE}
-    ident["classifier"] = classifier_name
-    if data is not None:
-        ident["data"] = ({"generator_version": data.manifest["generator_version"], "config": data.manifest["config"]}
-                         if data.manifest else {"root": Path(data.root).name, "split": data.train_split})
-    fp = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    fp = affinitynet_identity(cfg, classifier_name, data).hash
     name = f"{cfg.backbone}-s{cfg.feature_stride}-r{cfg.radius}-e{cfg.train.epochs}-seed{cfg.train.seed}-{fp}"
     return Path(out_dir) / "affinitynet" / name
 
@@ -468,7 +472,7 @@ def make_rw_labels(model: AffinityNet, dataset, cam_dir, out_dir, cfg: AffinityS
     model = engine.unwrap(model)
     dev = engine.select_device(device) if device is not None else next(model.parameters()).device
     model.to(dev).eval()
-    bs = cfg.rw_batch_size if cam_stage._same_size(dataset) else 1
+    bs = cfg.rw_batch_size if cam_stage.same_size(dataset) else 1
     kw = dict(radius=cfg.rw_radius, stride=model.feature_stride, alpha=cfg.rw_alpha, beta=cfg.beta, t=cfg.t,
               method=cfg.rw_method)
     workers = 1 if dev.type != "cpu" else (default_workers() if workers is None else int(workers))
@@ -544,16 +548,16 @@ def ensure_rw_labels(model: AffinityNet, dataset, cam_dir, out_dir, cfg: Affinit
     Returns ``(timing of the run that made them, reused?)`` (see :func:`make_rw_labels`)."""
     out_dir = Path(out_dir)
     source = json.loads(json.dumps(_rw_source(cfg, ckpt_name, dataset)))
-    sp = out_dir / "source.json"
-    old = json.loads(sp.read_text()) if sp.is_file() else None
+    folder = store.Result(out_dir, marker="source.json")  # written last, removed first
+    old = folder.record()
     if old is not None and {k: old.get(k) for k in source} == source:
         make_rw_labels(model, dataset, cam_dir, out_dir, cfg, progress=progress)  # fills in missing files
         return {k: old[k] for k in _TIMING_KEYS if k in old}, True
+    folder.begin()
     for p in out_dir.glob("*.png"):
         p.unlink()
     timing = make_rw_labels(model, dataset, cam_dir, out_dir, cfg, progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sp.write_text(json.dumps({**source, **timing}, indent=2))
+    folder.complete({**source, **timing})
     return timing, False
 
 
@@ -681,8 +685,8 @@ def same_region_pairs(instance_grid, radius: int) -> tuple[torch.Tensor, torch.T
     same = torch.zeros(len(offs), h, w, dtype=torch.bool)
     valid = torch.zeros(len(offs), h, w, dtype=torch.bool)
     for k, (dy, dx) in enumerate(offs):
-        sy, ty = _span(dy, h)
-        sx, tx = _span(dx, w)
+        sy, ty = offset_slices(dy, h)
+        sx, tx = offset_slices(dx, w)
         a, b = g[sy, sx], g[ty, tx]
         same[k, sy, sx] = a == b
         valid[k, sy, sx] = (a != 255) & (b != 255)
@@ -743,8 +747,8 @@ def affinity_quality(affinity_fn, gt_dataset, indices, stride: int, radius: int,
             raise ValueError(f"affinity grid {tuple(aff.shape[1:])} ≠ label grid {(h, w)}")
         g, p = torch.as_tensor(inst), torch.as_tensor(part) > 0
         for k, (dy, dx) in enumerate(pair_offsets(radius)):
-            sy, ty = _span(dy, h)
-            sx, tx = _span(dx, w)
+            sy, ty = offset_slices(dy, h)
+            sx, tx = offset_slices(dx, w)
             a, b = g[sy, sx], g[ty, tx]
             ao, bo = (a > 0) & (a != 255), (b > 0) & (b != 255)
             kind = torch.full(a.shape, 3)                                     # object-background
@@ -827,6 +831,8 @@ def run(cfg: AffinityStageConfig, data, out_dir, cam_cfg=None, cam_result=None, 
     ckpt = checkpoint_dir_for(cfg, out_dir, cam_result.checkpoint_dir.name, data)
     train_ds = affinity_dataset(data.root, data.train_split, label_dir, cfg)
     model, _ = train_affinitynet(cfg, train_ds, ckpt, classifier=cam_result.model)
+    if engine.is_main_process():
+        store.record_identity(ckpt, affinitynet_identity(cfg, cam_result.checkpoint_dir.name, data))
     timing, reused = ensure_rw_labels(model, ev, cam_result.cam_dir, rw_dir, cfg, ckpt.name, progress=progress)
     report_path = out_dir / "rw_report.json"
     report = None

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -49,6 +47,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 
 from .. import engine
+from . import store as result_store  # (here `store` names a TargetStore)
 from ._config import StageConfig
 from .. import losses_box2seg as L
 from ..boxes import (GrabCutConfig, box_index_map, filled_box_labels, make_grabcut_labels,
@@ -643,19 +642,13 @@ def make_step(loss: LossConfig, seg: SegConfig, phase: _Phase | None = None):
 _LATE_LOSS_FIELDS = ("rho", "gate", "gate_detach", "gate_renorm", "gate_start_epoch")
 """LossConfig fields added after checkpoints had been made; see :func:`checkpoint_dir_for`."""
 
-_RUN_FREE = ("device", "progress", "num_workers", "checkpoint_dir", "resume", "desc")
-
-
-def _fingerprint(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+STAGE = "box2seg"
+FORMAT_VERSION = 1
 
 
 def data_identity(data) -> dict:
-    """What identifies a data set in a fingerprint (toy generator config, or the root's name)."""
-    man = getattr(data, "manifest", None)
-    if man:
-        return {"generator_version": man["generator_version"], "config": man["config"]}
-    return {"root": Path(data.root).name}
+    """What identifies a data set in a fingerprint (toy generator config, or the root's name; no split)."""
+    return result_store.data_identity(data, with_split=False)
 
 
 def checkpoint_dir_for(name: str, target: str, loss: LossConfig, seg: SegConfig, out_dir, extra: dict | None = None) -> Path:
@@ -666,11 +659,10 @@ def checkpoint_dir_for(name: str, target: str, loss: LossConfig, seg: SegConfig,
     for k in _LATE_LOSS_FIELDS:  # at their defaults they are left out: fingerprints stay those of earlier runs
         if loss_d.get(k) == defaults[k]:
             del loss_d[k]
-    ident = {"target": target, "loss": loss_d,
-             "seg": {k: v for k, v in seg.to_dict().items() if k not in ("eval_batch_size", "cache_images", "eval_long_side")},
-             "extra": extra or {}}
-    ident["seg"]["train"] = {k: v for k, v in seg.train.to_dict().items() if k not in _RUN_FREE}
-    return Path(out_dir) / "segmenters" / f"{name}-e{seg.train.epochs}-seed{seg.train.seed}-{_fingerprint(ident)}"
+    seg_d = result_store.config_identity(seg, ("eval_batch_size", "cache_images", "eval_long_side"))
+    ident = result_store.identity(STAGE, {"target": target, "loss": loss_d, "seg": seg_d, "extra": extra or {}},
+                                  version=FORMAT_VERSION)
+    return Path(out_dir) / "segmenters" / f"{name}-e{seg.train.epochs}-seed{seg.train.seed}-{ident.hash}"
 
 
 def train_segmenter(name: str, target: str, loss: LossConfig, seg: SegConfig, train_ds: BoxSupervisionDataset,
@@ -898,17 +890,14 @@ def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg:
     seg = seg or cfg.seg
     extra = dict(sd.identity)
     if target == "mask_missing":
-        extra["missing"] = _fingerprint(sd.missing)
+        extra["missing"] = result_store.fingerprint(sd.missing)
     store = sd.store(target)
     ckpt = checkpoint_dir_for(name, target, loss, seg, out_dir, extra)
-    existed = (ckpt / engine.CHECKPOINT_NAME).is_file()
-    t0 = time.perf_counter()
+    reused = engine.is_finished(ckpt)  # reloaded, not trained: by state, not timing
     with torch_threads(cfg.torch_threads):
         model, history = train_segmenter(name, target, loss, seg, training_dataset(sd.base, store, seg, loss.rho),
                                          sd.base.num_classes, ckpt, backbone_state=sd.backbone_state, callbacks=callbacks)
-    wall = time.perf_counter() - t0
     seconds = float(sum(r["seconds"] for r in history.epochs))
-    reused = existed and wall < 0.5 * max(seconds, 1e-9)
     vpath = ckpt / "val.json"
     ident = {"val": sd.val.split, "n_val": len(sd.val), "long_side": seg.eval_long_side, "pairs": sorted(sd.context_pairs)}
     val = None
@@ -922,7 +911,7 @@ def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg:
                                         progress=progress)
         val = _jsonable(val)  # NaN → None, as it is stored (a reloaded result equals a fresh one)
         if engine.get_dist_info().is_main:
-            vpath.write_text(json.dumps({"ident": ident, "summary": val}, indent=1))
+            result_store.atomic_write_json(vpath, {"ident": ident, "summary": val}, indent=1)
     return SettingResult(name, target, loss, model, history, ckpt, val, seconds, reused)
 
 
@@ -931,18 +920,8 @@ def setting_checkpoint(name: str, cfg: Box2SegStageConfig, sd: StageData, out_di
     target, loss = setting(name, cfg)
     extra = dict(sd.identity)
     if target == "mask_missing":
-        extra["missing"] = _fingerprint(sd.missing)
+        extra["missing"] = result_store.fingerprint(sd.missing)
     return checkpoint_dir_for(name, target, loss, seg or cfg.seg, out_dir, extra)
-
-
-def _finished(ckpt: Path) -> bool:
-    p = Path(ckpt) / engine.CHECKPOINT_NAME
-    if not p.is_file():
-        return False
-    try:
-        return bool(torch.load(p, map_location="cpu", weights_only=False).get("finished"))
-    except Exception:  # a broken file is retrained (the engine says why)
-        return False
 
 
 class _QueueProgress:
@@ -998,7 +977,7 @@ def run_settings(names: Sequence[str], cfg: Box2SegStageConfig, sd: StageData, o
     names = list(dict.fromkeys(names))
     seg = seg or cfg.seg
     workers = cfg.train_workers if workers is None else workers
-    todo = [n for n in names if not _finished(setting_checkpoint(n, cfg, sd, out_dir, seg))]
+    todo = [n for n in names if not engine.is_finished(setting_checkpoint(n, cfg, sd, out_dir, seg))]
     fresh: dict[str, float] = {}
     if (workers or 0) > 1 and len(todo) > 1 and engine.select_device(seg.train.device).type == "cpu":
         for n in todo:  # targets are built once here and shipped to the workers with sd
@@ -1478,17 +1457,18 @@ def run(cfg: Box2SegStageConfig, data, out_dir, settings: Sequence[str] = ("box2
     results = {n: run_setting(n, cfg, sd, out_dir, progress=progress) for n in settings}
     b2s = results[label_setting]
     label_dir = out_dir / "box2seg_labels"
-    src_path = label_dir / "source.json"
+    labels = result_store.Result(label_dir, marker="source.json")  # written last, removed first
     source = {"checkpoint": b2s.checkpoint_dir.name, "split": sd.base.split, "n": len(sd.base), "constrain_to_boxes": True}
-    stored = json.loads(src_path.read_text()) if src_path.is_file() else None
+    stored = labels.record()
     n_png = len(list(label_dir.glob("*.png"))) if label_dir.is_dir() else 0
     if stored is not None and stored.get("source") == source and n_png == len(sd.base):
         lab_scores = stored["scores"]
     else:
+        labels.begin()
         for p in label_dir.glob("*.png"):
             p.unlink()
         lab_scores = write_predicted_labels(b2s.model, sd.base, label_dir, cfg.seg.eval_long_side, progress=progress)
-        src_path.write_text(json.dumps({"source": source, "scores": lab_scores}, indent=1))
+        labels.complete({"source": source, "scores": lab_scores})
     cm = ConfusionMatrix(sd.base.num_classes + 1)
     for i in range(len(sd.base)):
         raw = sd.base.get_raw(i)

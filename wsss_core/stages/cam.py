@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import engine
+from . import store
 from ._config import StageConfig
 from ..cams import cams_to_labels, load_cams, miou_from_confusion, multiscale_cams, save_cams, threshold_sweep
 from ..data.palette import write_label_png
@@ -112,7 +113,7 @@ def predict_scores(model, dataset, batch_size: int = 64, device=None, progress: 
     def fn(m, batch, dev):
         return m(batch["image"].to(dev)).float().cpu(), batch["label"]
 
-    if not _same_size(dataset):
+    if not same_size(dataset):
         batch_size = 1  # real photos differ in size; the toy scenes share one
     out = engine.predict(model, dataset, fn, batch_size=batch_size, device=device, collate_fn=collate_samples,
                          progress=progress, desc="scores", shard=False)
@@ -152,16 +153,18 @@ def train_classifier(cfg: CAMStageConfig, train_ds, checkpoint_dir=None, val_ds=
     return model, history
 
 
-# fields that do not change the trained weights (the engine compares the TrainConfig itself)
-_INFERENCE_FIELDS = {"train", "cam_scales", "cam_flip", "cam_batch_size", "eval_threshold", "thresholds",
-                     "min_val_map", "cache_images"}
+# fields that do not change the trained weights
+_INFERENCE_FIELDS = {"cam_scales", "cam_flip", "cam_batch_size", "eval_threshold", "thresholds", "min_val_map",
+                     "cache_images"}
 
 
 def _check_stage_identity(cfg: CAMStageConfig, checkpoint_dir) -> None:
     """Refuse to resume a checkpoint trained with another model/augmentation config (the engine only
     sees the TrainConfig): ``checkpoint_dir/stage_config.json`` records what made the weights."""
     d = Path(checkpoint_dir)
-    ident = {k: v for k, v in json.loads(json.dumps(cfg.to_dict(), default=list)).items() if k not in _INFERENCE_FIELDS}
+    # the engine compares the TrainConfig itself
+    ident = {k: v for k, v in json.loads(json.dumps(cfg.to_dict(), default=list)).items()
+             if k not in _INFERENCE_FIELDS | {"train"}}
     f = d / "stage_config.json"
     if (d / "last.pt").exists() and f.is_file():
         old = json.loads(f.read_text())
@@ -173,7 +176,7 @@ def _check_stage_identity(cfg: CAMStageConfig, checkpoint_dir) -> None:
                 "choose another checkpoint_dir, or set train.resume=False to start afresh.")
     d.mkdir(parents=True, exist_ok=True)
     if engine.is_main_process():  # one writer under torchrun
-        f.write_text(json.dumps(ident, indent=2))
+        store.atomic_write_json(f, ident)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,17 +206,17 @@ def make_cams(model, dataset, out_dir, cfg: CAMStageConfig, device=None, progres
             save_cams(out_dir / f"{iid}.npz", c, lab)
         return None
 
-    same_size = _same_size(dataset)
-    engine.predict(model, sub, fn, batch_size=cfg.cam_batch_size if same_size else 1, device=device,
+    engine.predict(model, sub, fn, batch_size=cfg.cam_batch_size if same_size(dataset) else 1, device=device,
                    collate_fn=collate_samples, progress=progress, desc="CAMs")
     if info.enabled:
         torch.distributed.barrier()
     return out_dir
 
 
-def _same_size(dataset) -> bool:
-    man = Path(dataset.root) / "toyscenes.json"
-    return man.is_file()  # toy scenes all share one size; real photos do not
+def same_size(dataset) -> bool:
+    """Whether every image of ``dataset`` has one size (the toy scenes; real photos do not), so that
+    inference may batch them."""
+    return (Path(dataset.root) / "toyscenes.json").is_file()
 
 
 def iter_cams(cam_dir, dataset, with_raw: bool = True):
@@ -250,15 +253,25 @@ def evaluate_cams(cam_dir, dataset, cfg: CAMStageConfig, context_pairs=None, thr
 
 def save_pseudo_labels(cam_dir, dataset, out_dir, threshold: float | None = 0.15, alpha: float | None = None,
                        progress: bool = True) -> Path:
-    """Write each image's CAM pseudo-label as a VOC palette PNG ``out_dir/<id>.png``."""
+    """Write each image's CAM pseudo-label as a VOC palette PNG ``out_dir/<id>.png``; then the folder's
+    marker ``out_dir/.complete.json`` (:func:`label_record`: which maps, threshold, number of images),
+    removed before the first PNG is written."""
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = store.Result(out_dir)
+    folder.begin()
     for iid in tqdm(dataset.ids, desc="pseudo-labels", disable=not progress):
         cams, label = load_cams(Path(cam_dir) / f"{iid}.npz")
-        write_label_png(out_dir / f"{iid}.png", cams_to_labels(cams, label, threshold=threshold, alpha=alpha))
-    return out_dir
+        write_label_png(folder.folder / f"{iid}.png", cams_to_labels(cams, label, threshold=threshold, alpha=alpha))
+    folder.complete(label_record(cam_dir, dataset, threshold, alpha))
+    return folder.folder
+
+
+def label_record(cam_dir, dataset, threshold: float | None, alpha: float | None = None) -> dict:
+    """What identifies the pseudo-labels of :func:`save_pseudo_labels`: the classifier that made the maps
+    (their marker's ``classifier``), the rule's threshold / alpha and the number of images."""
+    return {"classifier": (cam_folder(cam_dir).record() or {}).get("classifier"), "threshold": threshold,
+            "alpha": alpha, "n_images": len(dataset.ids)}
 
 
 def write_metrics(path, metrics: dict) -> Path:
@@ -274,10 +287,7 @@ def write_metrics(path, metrics: dict) -> Path:
             return int(v)
         return v
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(metrics), indent=2))
-    return path
+    return store.atomic_write_json(path, clean(metrics))  # a killed writer leaves the old file or none
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,13 +299,16 @@ NOTEBOOK = "01_class_activation_maps"
 
 REPORT_NAME = "cam_report.json"
 
-_RUN_FREE = ("device", "progress", "num_workers", "checkpoint_dir", "resume", "desc")
+STAGE = "cam"
+FORMAT_VERSION = 1
+"""Bump when the classifier or its CAMs change meaning for the same config (every result is remade)."""
 
 
-def _fingerprint(obj) -> str:
-    import hashlib
-
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+def classifier_identity(cfg: CAMStageConfig, data=None) -> store.Identity:
+    """The trained classifier's identity (:func:`wsss_core.stages.store.identity`): the config without
+    the inference-only and run-only fields, and — given ``data`` — the data set's identity."""
+    return store.identity(STAGE, cfg, store.data_identity(data) if data is not None else None,
+                          version=FORMAT_VERSION, exclude=_INFERENCE_FIELDS)
 
 
 def checkpoint_dir_for(cfg: CAMStageConfig, out_dir, data=None) -> Path:
@@ -306,38 +319,50 @@ def checkpoint_dir_for(cfg: CAMStageConfig, out_dir, data=None) -> Path:
     dataset's own config), so a changed configuration trains a new classifier next to the old one
     instead of silently reloading it.
     """
-    ident = {k: v for k, v in cfg.to_dict().items() if k not in _INFERENCE_FIELDS}
-    ident["train"] = {k: v for k, v in cfg.train.to_dict().items() if k not in _RUN_FREE}
-    if data is not None:
-        ident["data"] = ({"generator_version": data.manifest["generator_version"], "config": data.manifest["config"]}
-                         if data.manifest else {"root": Path(data.root).name, "split": data.train_split})
     name = (f"{cfg.backbone}-os{cfg.backbone_kwargs.get('output_stride', 'x')}-e{cfg.train.epochs}"
-            f"-seed{cfg.train.seed}-{_fingerprint(ident)}")
+            f"-seed{cfg.train.seed}-{classifier_identity(cfg, data).hash}")
     return Path(out_dir) / "classifier" / name
 
 
-def ensure_cams(model, dataset, cam_dir, cfg: CAMStageConfig, classifier_name: str, progress: bool = True) -> tuple[float, bool]:
-    """Make the CAMs of ``dataset`` unless ``cam_dir`` already holds those of the same classifier,
-    split and scales (recorded in ``cam_dir/source.json``); CAMs of anything else are deleted first.
+CAM_MARKER = "source.json"
+"""The completion marker of a folder of maps (:func:`ensure_cams`): which classifier, split and scales
+made them, and how long it took. Written after the last map; removed before the first is remade."""
 
-    Returns ``(seconds it took to make them, reused?)``.
+
+def cam_folder(cam_dir) -> store.Result:
+    """A folder of maps (CAMs, EPS maps, DA masks) as a :class:`~wsss_core.stages.store.Result`."""
+    return store.Result(cam_dir, marker=CAM_MARKER)
+
+
+def ensure_cams(model, dataset, cam_dir, cfg, classifier_name: str, progress: bool = True, make=None,
+                kind: str | None = None) -> tuple[float, bool]:
+    """Make the maps of ``dataset`` unless ``cam_dir`` already holds those of the same classifier,
+    split and scales (its marker ``cam_dir/source.json``); maps of anything else are deleted first.
+
+    ``make`` (default :func:`make_cams`) makes the maps, ``(model, dataset, out_dir, cfg, progress=...)``,
+    keeping existing files; ``kind`` is recorded in the marker (e.g. ``"eps-softmax"``) and must match.
+    The marker is removed before any map is deleted or made and written after the last one, so an
+    interrupted run is never reused as complete. Returns ``(seconds it took to make them, reused?)``.
     """
     import time
 
-    cam_dir = Path(cam_dir)
+    make = make or make_cams
+    folder = cam_folder(cam_dir)
     source = {"classifier": classifier_name, "split": getattr(dataset, "split", None), "scales": list(cfg.cam_scales),
               "flip": cfg.cam_flip, "n_images": len(dataset)}
-    source_path = cam_dir / "source.json"
-    old = json.loads(source_path.read_text()) if source_path.is_file() else None
+    if kind is not None:
+        source["kind"] = kind
+    old = folder.record()
     if old is not None and {k: old.get(k) for k in source} == source:
-        make_cams(model, dataset, cam_dir, cfg, progress=progress)  # fills in missing files only
+        make(model, dataset, folder.folder, cfg, progress=progress)  # fills in missing files only
         return float(old["seconds"]), True
-    for p in cam_dir.glob("*.npz"):
+    folder.begin()
+    for p in folder.folder.glob("*.npz"):
         p.unlink()
     t0 = time.perf_counter()
-    make_cams(model, dataset, cam_dir, cfg, progress=progress)
+    make(model, dataset, folder.folder, cfg, progress=progress)
     seconds = time.perf_counter() - t0
-    source_path.write_text(json.dumps({**source, "seconds": seconds}, indent=2))
+    folder.complete({**source, "seconds": seconds})
     return seconds, False
 
 
@@ -362,12 +387,28 @@ def run(cfg: CAMStageConfig, data, out_dir, progress: bool = True) -> CAMStageRe
     train (or reload) the classifier, make (or reuse) the CAMs of the training split, evaluate them
     with a threshold sweep, save the pseudo-labels at the best threshold, and write
     ``out_dir/cam_report.json``. ``data`` is a :class:`wsss_core.profiles.DataSpec`.
+
+    Every file is written atomically and every folder completed by a marker written last, so a run
+    killed anywhere is finished by calling it again (the classifier resumes from its last epoch).
+    ``out_dir`` is locked meanwhile (:func:`wsss_core.stages.store.lock`): a second process running
+    into the same folder stops with an error naming the first.
     """
     out_dir = Path(out_dir)
+    if not engine.is_main_process():  # under torchrun rank 0 holds the lock for all ranks
+        return _run(cfg, data, out_dir, progress)
+    with store.lock(out_dir):
+        store.sweep_temp(out_dir, recursive=True)  # half files of a killed run
+        return _run(cfg, data, out_dir, progress)
+
+
+def _run(cfg: CAMStageConfig, data, out_dir: Path, progress: bool) -> CAMStageResult:
+    ident = classifier_identity(cfg, data)
     ckpt = checkpoint_dir_for(cfg, out_dir, data)
     train_ds = classification_dataset(data.root, data.train_split, cfg)
     val_ds = classification_dataset(data.root, data.val_split, cfg, train=False)
     model, _ = train_classifier(cfg, train_ds, ckpt, val_ds=val_ds)
+    if engine.is_main_process():
+        store.record_identity(ckpt, ident)  # read by `wsss status`
     val_map = classification_report(model, val_ds)["map"]
     ev = evaluation_dataset(data.root, data.train_split, cfg)
     cam_dir, label_dir = out_dir / "cams", out_dir / "pseudo_labels"
@@ -380,10 +421,12 @@ def run(cfg: CAMStageConfig, data, out_dir, progress: bool = True) -> CAMStageRe
             report = stored["report"]
     if report is None:
         report = evaluate_cams(cam_dir, ev, cfg, data.context_pairs)
-        for p in label_dir.glob("*.png"):
-            p.unlink()
         save_report(out_dir, ckpt.name, report)
-    if len(list(label_dir.glob("*.png"))) != len(ev):
+    labels = store.Result(label_dir)
+    if not labels.is_complete(label_record(cam_dir, ev, report["best_threshold"])):
+        labels.begin()
+        for p in label_dir.glob("*.png"):  # (labels of other images)
+            p.unlink()
         save_pseudo_labels(cam_dir, ev, label_dir, threshold=report["best_threshold"], progress=progress)
     return CAMStageResult(model, cfg, ckpt, cam_dir, label_dir, report, ev, val_map)
 

@@ -20,7 +20,6 @@ with the same background rule (max-normalised maps, a constant threshold swept o
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from ..metrics import SaliencyStats
 from ..models.backbones import build_backbone
 from ..models.edam import EDAMNet, edam_loss, group_targets
 from . import cam as cam_stage
+from . import store
 
 NOTEBOOK = "03_edam"
 """The notebook (and OUT_DIR sub-folder) that owns this stage's artifacts."""
@@ -364,20 +364,23 @@ def train_edam(cfg: EDAMStageConfig, pairs: EDAMPairDataset, checkpoint_dir=None
 
 _INFERENCE_FIELDS = {"mask_scales", "mask_flip", "mask_batch_size", "thresholds", "saliency_dir", "sal_theta",
                      "sal_alpha", "sal_beta", "cache_images"}
-_RUN_FREE = ("device", "progress", "num_workers", "checkpoint_dir", "resume", "desc")
+STAGE = "edam"
+FORMAT_VERSION = 1
+
+
+def edam_identity(cfg: EDAMStageConfig, classifier_name: str = "", data=None) -> store.Identity:
+    """EDAM's identity: its config without inference- and run-only fields, the CAM classifier it
+    starts from (when ``init_from_classifier``) and the data set."""
+    return store.identity(STAGE, cfg, store.data_identity(data) if data is not None else None,
+                          upstream={"classifier": classifier_name if cfg.init_from_classifier else ""},
+                          version=FORMAT_VERSION, exclude=_INFERENCE_FIELDS)
 
 
 def checkpoint_dir_for(cfg: EDAMStageConfig, out_dir, classifier_name: str = "", data=None) -> Path:
     """``out_dir/edam/<cma|nocma>-<backbone>-e<epochs>-seed<seed>-<fingerprint>``; the fingerprint
     covers everything that changes the trained weights (model, augmentation, optimiser, the CAM
     classifier it starts from, the data set's config)."""
-    ident = {k: v for k, v in cfg.to_dict().items() if k not in _INFERENCE_FIELDS}
-    ident["train"] = {k: v for k, v in cfg.train.to_dict().items() if k not in _RUN_FREE}
-    ident["classifier"] = classifier_name if cfg.init_from_classifier else ""
-    if data is not None:
-        ident["data"] = ({"generator_version": data.manifest["generator_version"], "config": data.manifest["config"]}
-                         if data.manifest else {"root": Path(data.root).name, "split": data.train_split})
-    fp = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    fp = edam_identity(cfg, classifier_name, data).hash
     name = f"{'cma' if cfg.use_cma else 'nocma'}-{cfg.backbone}-e{cfg.train.epochs}-seed{cfg.train.seed}-{fp}"
     return Path(out_dir) / "edam" / name
 
@@ -779,6 +782,8 @@ def run(cfg: EDAMStageConfig, data, out_dir, cam_cfg=None, cam_result=None, prog
     ckpt = checkpoint_dir_for(cfg, out_dir, cam_result.checkpoint_dir.name, data)
     pairs = pair_dataset(data.root, data.train_split, cfg)
     model, _ = train_edam(cfg, pairs, ckpt, classifier=cam_result.model)
+    if engine.is_main_process():
+        store.record_identity(ckpt, edam_identity(cfg, cam_result.checkpoint_dir.name, data))
     mask_dir, label_dir = out_dir / f"masks{tag}", out_dir / f"pseudo_labels{tag}"
     ensure_masks(model, ev, mask_dir, cfg, ckpt.name, progress=progress)
     sal_ok = has_saliency(data.root, cfg)

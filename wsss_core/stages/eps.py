@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from .. import engine
+from . import store
 from ._config import StageConfig
 from ..cams import load_cams, multiscale_cams, save_cams
 from ..data.palette import read_label_png, write_label_png
@@ -237,7 +237,7 @@ def predict_scores(model, dataset, batch_size: int = 64, device=None) -> tuple[n
     def fn(m, batch, dev):
         return m.classify(batch["image"].to(dev)).float().cpu(), batch["label"]
 
-    bs = batch_size if cam_stage._same_size(dataset) else 1
+    bs = batch_size if cam_stage.same_size(dataset) else 1
     out = engine.predict(model, dataset, fn, batch_size=bs, device=device, collate_fn=collate_samples,
                          progress=False, desc="scores", shard=False)
     if not out:
@@ -254,9 +254,16 @@ def classification_report(model, dataset, batch_size: int = 64, device=None) -> 
 
 
 # fields that do not change the trained weights
-_INFERENCE_FIELDS = {"train", "cam_scales", "cam_flip", "cam_batch_size", "eval_threshold", "label_threshold",
+_INFERENCE_FIELDS = {"cam_scales", "cam_flip", "cam_batch_size", "eval_threshold", "label_threshold",
                      "thresholds", "boundary_tolerance", "min_val_map", "cache_images", "val_every_epoch"}
-_RUN_FREE = cam_stage._RUN_FREE
+STAGE = "eps"
+FORMAT_VERSION = 1
+
+
+def classifier_identity(cfg: EPSStageConfig, data=None) -> store.Identity:
+    """The EPS classifier's identity (:func:`wsss_core.stages.store.identity`)."""
+    return store.identity(STAGE, cfg, store.data_identity(data) if data is not None else None,
+                          version=FORMAT_VERSION, exclude=_INFERENCE_FIELDS)
 
 
 def checkpoint_dir_for(cfg: EPSStageConfig, out_dir, data=None) -> Path:
@@ -266,13 +273,8 @@ def checkpoint_dir_for(cfg: EPSStageConfig, out_dir, data=None) -> Path:
     saliency source, τ, λ, strategy, optimiser, epochs, seed, and — given ``data`` — the dataset's
     own config), so a changed configuration trains a new classifier next to the old one.
     """
-    ident = {k: v for k, v in cfg.to_dict().items() if k not in _INFERENCE_FIELDS}
-    ident["train"] = {k: v for k, v in cfg.train.to_dict().items() if k not in _RUN_FREE}
-    if data is not None:
-        ident["data"] = ({"generator_version": data.manifest["generator_version"], "config": data.manifest["config"]}
-                         if data.manifest else {"root": Path(data.root).name, "split": data.train_split})
     name = (f"eps-{cfg.backbone}-os{cfg.backbone_kwargs.get('output_stride', 'x')}-{cfg.saliency_dir}"
-            f"-e{cfg.train.epochs}-seed{cfg.train.seed}-{cam_stage._fingerprint(ident)}")
+            f"-e{cfg.train.epochs}-seed{cfg.train.seed}-{classifier_identity(cfg, data).hash}")
     return Path(out_dir) / "classifier" / name
 
 
@@ -291,7 +293,7 @@ def train_eps(cfg: EPSStageConfig, train_ds, checkpoint_dir=None, val_ds=None, n
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         if engine.is_main_process():  # one writer under torchrun
-            (Path(checkpoint_dir) / "stage_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
+            store.atomic_write_json(Path(checkpoint_dir) / "stage_config.json", cfg.to_dict(), default=list)
     eval_fn = None
     if val_ds is not None:
         def eval_fn(m, epoch):
@@ -340,7 +342,7 @@ def make_eps_cams(model, dataset, out_dir, cfg: EPSStageConfig, device=None, pro
             save_cams(out_dir / f"{iid}.npz", c, lab)
         return None
 
-    bs = cfg.cam_batch_size if cam_stage._same_size(dataset) else 1
+    bs = cfg.cam_batch_size if cam_stage.same_size(dataset) else 1
     engine.predict(model, sub, fn, batch_size=bs, device=device, collate_fn=collate_samples, progress=progress,
                    desc="EPS maps")
     if engine.get_dist_info().enabled:  # as cam.make_cams: every rank's share is on disk before anyone reads
@@ -355,21 +357,8 @@ def ensure_eps_cams(model, dataset, cam_dir, cfg: EPSStageConfig, classifier_nam
 
     Returns ``(seconds it took to make them, reused?)``.
     """
-    cam_dir = Path(cam_dir)
-    source = {"classifier": classifier_name, "split": getattr(dataset, "split", None), "scales": list(cfg.cam_scales),
-              "flip": cfg.cam_flip, "n_images": len(dataset), "kind": "eps-softmax"}
-    source_path = cam_dir / "source.json"
-    old = json.loads(source_path.read_text()) if source_path.is_file() else None
-    if old is not None and {k: old.get(k) for k in source} == source:
-        make_eps_cams(model, dataset, cam_dir, cfg, progress=progress)  # fills in missing files only
-        return float(old["seconds"]), True
-    for p in cam_dir.glob("*.npz"):
-        p.unlink()
-    t0 = time.perf_counter()
-    make_eps_cams(model, dataset, cam_dir, cfg, progress=progress)
-    seconds = time.perf_counter() - t0
-    source_path.write_text(json.dumps({**source, "seconds": seconds}, indent=2))
-    return seconds, False
+    return cam_stage.ensure_cams(model, dataset, cam_dir, cfg, classifier_name, progress=progress,
+                                 make=make_eps_cams, kind="eps-softmax")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -663,6 +652,8 @@ def run(cfg: EPSStageConfig, data, out_dir, progress: bool = True) -> EPSStageRe
     train_ds = training_dataset(data.root, data.train_split, cfg)
     val_ds = validation_dataset(data.root, data.val_split, cfg)
     model, history = train_eps(cfg, train_ds, ckpt, val_ds=val_ds if cfg.val_every_epoch else None)
+    if engine.is_main_process():
+        store.record_identity(ckpt, classifier_identity(cfg, data))
     train_seconds = float(sum(r.get("seconds", 0.0) for r in history.epochs))
     val_map = classification_report(model, val_ds)["map"]
     ev = evaluation_dataset(data.root, data.train_split, cfg, mask_dir=data.mask_dir)
@@ -671,14 +662,14 @@ def run(cfg: EPSStageConfig, data, out_dir, progress: bool = True) -> EPSStageRe
     report_path = out_dir / "eps_report.json"
     report = cached_report(cam_dir, ev, cfg, data.context_pairs, report_path, progress=progress)
     thr = float(report["best_threshold"]) if cfg.label_threshold is None else float(cfg.label_threshold)
-    labels_src = label_dir / "source.json"
-    want = {"maps": json.loads((cam_dir / "source.json").read_text()), "threshold": thr}
-    if not labels_src.is_file() or json.loads(labels_src.read_text()) != want:
+    labels = store.Result(label_dir, marker="source.json")  # written last, removed first
+    want = {"maps": cam_stage.cam_folder(cam_dir).record(), "threshold": thr}
+    if not labels.is_complete(want) or len(list(label_dir.glob("*.png"))) != len(ev):
+        labels.begin()
         for p in label_dir.glob("*.png"):
             p.unlink()
-    if len(list(label_dir.glob("*.png"))) != len(ev):
         save_pseudo_labels(cam_dir, ev, label_dir, threshold=thr, progress=progress)
-        labels_src.write_text(json.dumps(want, indent=2))
+        labels.complete(want)
     return EPSStageResult(model, cfg, ckpt, cam_dir, label_dir, report, history, ev, val_map, train_seconds, cam_seconds)
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import engine
+from . import store
 from ._config import StageConfig
 from ..data.transforms import eval_transforms, train_transforms
 from ..data.voc import VOCLayoutDataset, collate_samples
@@ -74,7 +75,9 @@ class SegStageConfig(StageConfig):
 
 
 # fields that do not change the trained weights (left out of the checkpoint folder's fingerprint)
-_RUN_FREE_FIELDS = ("eval_scales", "eval_flip", "crf", "cache_images", "channels_last", "train_workers", "torch_threads")
+_INFERENCE_FIELDS = ("eval_scales", "eval_flip", "crf", "cache_images", "channels_last", "train_workers", "torch_threads")
+STAGE = "segmentation"
+FORMAT_VERSION = 1
 
 
 def config_for_profile(profile: str) -> SegStageConfig:
@@ -204,33 +207,26 @@ class SegResult:
     history: engine.History | None = None
 
 
-def _fingerprint(obj) -> str:
-    import hashlib
-
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+def segmenter_identity(cfg: SegStageConfig, label_dir=None) -> store.Identity:
+    """The segmenter's identity: its config without the inference fields, and the label folder (file
+    count, total size, absolute path; None = the true masks). Version 1 keeps the TrainConfig's run-only
+    fields in the hash (it always did; dropping them would rename every existing checkpoint folder)."""
+    labels = None
+    if label_dir is not None:
+        files = sorted(Path(label_dir).glob("*.png"))
+        labels = {"labels": [len(files), sum(f.stat().st_size for f in files), str(Path(label_dir).resolve())]}
+    return store.identity(STAGE, cfg, upstream=labels, version=FORMAT_VERSION, exclude=_INFERENCE_FIELDS,
+                          keep_train_run_fields=True)
 
 
 def checkpoint_dir_for(cfg: SegStageConfig, label_dir, out_dir) -> Path:
     """The folder :func:`run` trains into: ``out_dir/<backbone>-<head>-e<epochs>-seed<seed>-<fingerprint>``,
     fingerprinted by the config (without the run-time fields) and the label folder's content."""
-    ident = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_FREE_FIELDS}
-    if label_dir is not None:
-        files = sorted(Path(label_dir).glob("*.png"))
-        ident["labels"] = [len(files), sum(f.stat().st_size for f in files), str(Path(label_dir).resolve())]
-    return Path(out_dir) / f"{cfg.backbone}-{cfg.head}-e{cfg.train.epochs}-seed{cfg.train.seed}-{_fingerprint(ident)}"
+    fp = segmenter_identity(cfg, label_dir).hash
+    return Path(out_dir) / f"{cfg.backbone}-{cfg.head}-e{cfg.train.epochs}-seed{cfg.train.seed}-{fp}"
 
 
-def is_finished(checkpoint_dir) -> bool:
-    """Whether ``checkpoint_dir`` holds a finished training (the engine's ``last.pt`` with ``finished``)."""
-    import torch
-
-    p = Path(checkpoint_dir) / engine.CHECKPOINT_NAME
-    if not p.is_file():
-        return False
-    try:
-        return bool(torch.load(p, map_location="cpu", weights_only=False).get("finished"))
-    except Exception:  # a broken file is retrained (the engine says why)
-        return False
+is_finished = engine.is_finished  # (comparison.py asks the stage)
 
 
 def run(cfg: SegStageConfig, data, label_dir, out_dir, progress: bool = True) -> SegResult:
@@ -257,5 +253,5 @@ def run(cfg: SegStageConfig, data, label_dir, out_dir, progress: bool = True) ->
         report = evaluate(model, val_ds, cfg, data.context_pairs, progress=progress)
     finally:
         torch.set_num_threads(old)
-    rpath.write_text(json.dumps({"inference": infer, "report": report}, indent=2, default=float))
+    store.atomic_write_json(rpath, {"inference": infer, "report": report}, default=float)
     return SegResult(model, ckpt, report, seconds, history)
