@@ -101,3 +101,30 @@ def test_msrc_reads_and_lite0_cams_run():
         with torch.no_grad():
             cam = model.cam(s["image"][None])
         assert cam.shape[1] == ds.num_classes and cam.shape[-1] == -(-s["image"].shape[-1] // 16)
+
+
+def test_oracle_saliency_and_saliency_tree(tmp_path):
+    from PIL import Image
+
+    from wsss_core.data.palette import read_gray_png, write_label_png
+    from wsss_core.data.voc import VOCLayoutDataset
+
+    m = np.array([[0, 3], [255, 1]])
+    assert rp.oracle_saliency(m).tolist() == [[0.0, 1.0], [0.5, 1.0]]
+    src = tmp_path / "src"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (src / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(src / "JPEGImages" / "a.jpg")
+    mask = np.zeros((24, 32), np.uint8)
+    mask[4:12, 4:12] = 2
+    write_label_png(src / "SegmentationClass" / "a.png", mask)
+    (src / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
+    (src / "class_names.txt").write_text("background\nx\ny\n")
+    out = rp.saliency_tree(src, tmp_path / "tree", ["a"])
+    ds = VOCLayoutDataset(out, "train", saliency_dir=rp.SALIENCY_SOURCES["oracle"])
+    raw = ds.get_raw(0)
+    assert np.array_equal(raw["saliency"] > 0.5, mask > 0) and ds.num_classes == 2
+    uns = read_gray_png(out / rp.SALIENCY_SOURCES["unsupervised"] / "a.png")
+    assert uns.shape == (24, 32) and 0 <= uns.min() and uns.max() <= 1
+    assert not (src / rp.SALIENCY_SOURCES["oracle"]).exists()      # nothing written into the source tree

@@ -172,3 +172,41 @@ def image_scores(pred, gt, label) -> dict:
 
     return {"recall": d((obj & (pred == gt)).sum(), obj.sum()), "precision": d((lab & (pred == gt)).sum(), lab.sum()),
             "far_leak": d((far & (pred > 0)).sum(), far.sum()), "fg_share": d(obj.sum(), valid.sum())}
+
+
+SALIENCY_SOURCES = {"unsupervised": "SaliencyUnsupervised", "oracle": "SaliencyOracle"}
+"""Saliency folders of :func:`saliency_tree`: OpenCV's spectral residual (Hou & Zhang 2007, no training,
+no labels) and an **oracle** made from the true masks (object = 1, background = 0, void = 0.5)."""
+
+
+def oracle_saliency(mask) -> np.ndarray:
+    "``(H, W)`` float32: 1 on object pixels, 0 on background, 0.5 on void (255) — from the ground truth."
+    mask = np.asarray(mask)
+    return np.where(mask == 255, 0.5, (mask > 0).astype(np.float32)).astype(np.float32)
+
+
+def saliency_tree(msrc_root, out_dir, ids, progress: bool = False) -> Path:
+    """A VOC-layout tree at ``out_dir`` that links MSRC's folders (images, masks, lists, annotations,
+    class names) and adds the saliency folders of :data:`SALIENCY_SOURCES` for ``ids``, so that the EPS
+    and EDAM stages read ``saliency_dir="SaliencyUnsupervised"`` / ``"SaliencyOracle"`` without writing
+    into the shared data. Existing maps are kept. Returns ``out_dir``."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .data.palette import read_label_png, write_gray_png
+    from .data.toyscenes import opencv_saliency
+
+    src, out = Path(msrc_root).resolve(), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("JPEGImages", "SegmentationClass", "ImageSets", "Annotations", "class_names.txt"):
+        link = out / name
+        if (src / name).exists() and not link.exists():
+            link.symlink_to(src / name)
+    for iid in tqdm(list(ids), desc="saliency", disable=not progress):
+        paths = {k: out / d / f"{iid}.png" for k, d in SALIENCY_SOURCES.items()}
+        if all(p.is_file() for p in paths.values()):
+            continue
+        image = np.asarray(Image.open(src / "JPEGImages" / f"{iid}.jpg").convert("RGB"))
+        write_gray_png(paths["unsupervised"], opencv_saliency(image))
+        write_gray_png(paths["oracle"], oracle_saliency(read_label_png(src / "SegmentationClass" / f"{iid}.png")))
+    return out
