@@ -291,14 +291,34 @@ elif not SKIP:
     print("random walk skipped (RANDOM_WALK = False)")
 
 # %% [markdown]
-# ## 9 What this lesson does not run
+# ## 9 EPS and EDAM: in the study notebook
 #
-# EPS (lesson 05) and EDAM (lesson 03) each train one more classifier on the photos — EPS with a
-# saliency map, EDAM with its cross-image attention — which, next to the two classifiers and AffinityNet
-# above, does not fit the lesson's 8 minutes on two CPU cores. They are not measured on MSRC yet, so the
-# question of lesson 03, whether EDAM recalls more of the objects than CAM at equal precision on real
-# photos, stays open here: `eps_miou` and `edam_miou` are recorded as not run.
-#
+# EPS (lesson 05) and EDAM (lesson 03) each train one more network on the photos — EPS with a saliency
+# map, EDAM with its cross-image attention — which, next to the two classifiers and AffinityNet above,
+# does not fit the lesson's 8 minutes on two CPU cores. `study/07_real_photos_study` runs them from this
+# lesson's classifier, EPS with an unsupervised saliency map (OpenCV's spectral residual) and, as an
+# upper bound, an **oracle** saliency made from the true masks, and tests lesson 03's question: does EDAM
+# recall more of the objects than CAM at CAM's precision? Its figures, where they have been recorded
+# (this run's folder, else `benchmarks/baselines/study.json`):
+
+# %%
+import json
+
+STUDY_KEYS = ("eps_miou", "eps_miou_oracle", "edam_miou", "cam_fg_precision", "cam_fg_recall",
+              "edam_recall_at_cam_precision", "edam_claim_holds")
+here = L.out_root / "07_real_photos_study" / "metrics.json"
+STUDY = json.loads(here.read_text()) if here.is_file() else {}
+src = L.rel(here) if STUDY else None
+for k in STUDY_KEYS:
+    if k not in STUDY:
+        fig = lesson.study_figure("07_real_photos_study", k)
+        STUDY[k], src = fig["value"], src or fig["made_by"]
+if all(STUDY.get(k) is None for k in STUDY_KEYS):
+    print(f"not recorded yet ({src}): run notebooks/study/07_real_photos_study with the same OUT_DIR")
+else:
+    print(f"from {src}:\n" + "\n".join(f"  {k}: {STUDY.get(k)}" for k in STUDY_KEYS))
+
+# %% [markdown]
 # ## 10 Summary
 #
 # The figures of this run, from the values above:
@@ -315,6 +335,12 @@ else:
     if RANDOM_WALK:
         lines.append(f"* AffinityNet + random walk: **{RW['miou']:.3f}** vs {CAM_ALPHA['miou']:.3f} for the CAMs it starts from "
                      f"({100 * (RW['miou'] - CAM_ALPHA['miou']):+.1f} points) and {r_i['miou']:.3f} at θ*.")
+    f3 = lambda v: "–" if v is None else f"{v:.3f}"
+    if STUDY.get("edam_miou") is not None or STUDY.get("eps_miou") is not None:
+        verdict = {True: "holds", False: "does not hold", None: "untested"}[STUDY.get("edam_claim_holds")]
+        lines.append(f"* Study (§9): EPS {f3(STUDY.get('eps_miou'))} with spectral-residual saliency, {f3(STUDY.get('eps_miou_oracle'))} "
+                     f"with the oracle; EDAM {f3(STUDY.get('edam_miou'))}; EDAM's claim {verdict} (recall "
+                     f"{f3(STUDY.get('edam_recall_at_cam_precision'))} vs CAM {f3(STUDY.get('cam_fg_recall'))} at precision {f3(STUDY.get('cam_fg_precision'))}).")
     lines.append("* For reference, IRN's CAMs on VOC 2012 train (ResNet-50, GPU): 48.3 mIoU; its random walk 66.3.")
     display(Markdown("\n".join(lines)))
 
@@ -323,11 +349,12 @@ else:
 # not the values. The pattern: **pretraining is what makes CAMs work on photos**; with it, CAMs are
 # again precise but incomplete, and the walk spreads them over more of each object.
 #
-# Next: lesson 03's EDAM and lesson 05's EPS are the methods left to test on these photos.
+# EPS and EDAM on these photos: `study/07_real_photos_study` (§9).
 
 # %%
-metrics = {"data": "absent" if SKIP else "msrc-v2", "skipped": SKIP, "eps_miou": None, "edam_miou": None,
-           "not_run": "EPS and EDAM on MSRC do not fit the lesson's budget (§9)"}
+metrics = {"data": "absent" if SKIP else "msrc-v2", "skipped": SKIP,
+           "not_run": "EPS and EDAM run in study/07_real_photos_study (§9); study_* = its figures where recorded",
+           **{f"study_{k}": STUDY.get(k) for k in STUDY_KEYS}}
 if not SKIP:
     metrics.update({
         "n_images": len(eval_ds), "epochs": CFGS["imagenet"].train.epochs,
