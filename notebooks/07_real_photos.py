@@ -259,15 +259,19 @@ if not SKIP:
 #
 # ## 8 AffinityNet and the random walk on photos
 #
-# Lesson 02's stage on the pretrained CAMs: confident labels (PSA's α 4 / 32, no CRF), AffinityNet on
-# the classifier's *frozen* backbone (levels at strides 4, 8, 16 fused at stride 8; IRN freezes its
-# backbone too, and it makes training a forward pass on a CPU), then the walk (α 16, β 8, t 256).
-# `aff_stage` steps as in lesson 02; the walk is scored against the CAMs it starts from (α 16).
+# Lesson 02's stage on the pretrained CAMs: confident labels (PSA's α 4 / 32, refined by PSA's dense CRF
+# where `pydensecrf2` is installed), AffinityNet on the classifier's *frozen* backbone (levels at strides
+# 4, 8, 16 fused at stride 8; IRN freezes its backbone too, and it makes training a forward pass on a
+# CPU), then the walk (α 16, t 256). One change from PSA, chosen against the masks like θ*: β = 16, not 8;
+# on these affinities PSA's β spreads every class over the whole photo in 256 steps
+# (`wsss_core.realphotos.affinity_config` has the measurements). The walk is scored against the CAMs it
+# starts from (α 16).
 
 # %%
 if not SKIP and RANDOM_WALK:
     acfg = rp.affinity_config(PROFILE)
     acfg = acfg.replace(train=L.train(acfg.train))
+    print(f"affinity labels {'with' if acfg.crf else 'without'} the dense CRF; walk α {acfg.rw_alpha:g}, β {acfg.beta:g}, t {acfg.t}")
     lab_dir, rw_dir = L.out / "affinity_labels", L.out / "rw_labels"
     aff_stage.ensure_affinity_labels(CAM_DIR["imagenet"], eval_ds, lab_dir, acfg, CKPT["imagenet"].name, progress=False)
     aff_ds = aff_stage.affinity_dataset(MSRC.root, TRAIN_IDS, lab_dir, acfg)
