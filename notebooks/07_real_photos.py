@@ -308,7 +308,7 @@ elif not SKIP:
 # %%
 import json
 
-STUDY_KEYS = ("eps_miou", "eps_miou_oracle", "edam_miou", "cam_fg_precision", "cam_fg_recall",
+STUDY_KEYS = ("eps_miou", "eps_miou_oracle", "edam_miou", "precision_ref", "cam_recall_at_precision",
               "edam_recall_at_cam_precision", "edam_claim_holds")
 here = L.out_root / "07_real_photos_study" / "metrics.json"
 STUDY = json.loads(here.read_text()) if here.is_file() else {}
@@ -344,7 +344,7 @@ else:
         verdict = {True: "holds", False: "does not hold", None: "untested"}[STUDY.get("edam_claim_holds")]
         lines.append(f"* Study (§9): EPS {f3(STUDY.get('eps_miou'))} with spectral-residual saliency, {f3(STUDY.get('eps_miou_oracle'))} "
                      f"with the oracle; EDAM {f3(STUDY.get('edam_miou'))}; EDAM's claim {verdict} (recall "
-                     f"{f3(STUDY.get('edam_recall_at_cam_precision'))} vs CAM {f3(STUDY.get('cam_fg_recall'))} at precision {f3(STUDY.get('cam_fg_precision'))}).")
+                     f"{f3(STUDY.get('edam_recall_at_cam_precision'))} vs CAM {f3(STUDY.get('cam_recall_at_precision'))} at precision {f3(STUDY.get('precision_ref'))}).")
     lines.append("* For reference, IRN's CAMs on VOC 2012 train (ResNet-50, GPU): 48.3 mIoU; its random walk 66.3.")
     display(Markdown("\n".join(lines)))
 

@@ -116,8 +116,9 @@ if not SKIP and RUN_EPS:
 #
 # EDAM (lesson 03) from the lesson's classifier's backbone: a CMA of d = 32, 2 heads, FFN 128 over pairs
 # of photos that share a class, 8 pairs per step, the lesson's epochs. Lesson 03's test of the claim
-# "EDAM covers more of each object": the foreground recall of EDAM's pseudo-labels, interpolated along its
-# threshold sweep, at the foreground precision CAM reaches at its own θ*.
+# "EDAM covers more of each object": the foreground recall of both, interpolated along their threshold
+# sweeps, at the foreground precision CAM reaches at its own θ* — or, where EDAM never gets that precise,
+# at the highest precision EDAM reaches.
 
 # %%
 if not SKIP and RUN_EDAM:
@@ -132,16 +133,20 @@ if not SKIP and RUN_EDAM:
     EDAM = edam_stage.evaluate_masks(mask_dir, ev, dcfg)
     curves = {n: edam_stage.sweep_curves(d, ev, cfg.thresholds) for n, d in (("CAM", CAM_DIR), ("EDAM", mask_dir))}
     p_cam, r_cam = CAM["fg_precision"], CAM["fg_recall"]
-    r_edam = edam_stage.recall_at_precision(curves["EDAM"], p_cam)
-    holds = bool(np.isfinite(r_edam) and r_edam > r_cam)
+    p_max = float(np.nanmax(curves["EDAM"]["fg_precision"]))
+    p_ref = min(p_cam, p_max)          # CAM's precision, or the highest EDAM reaches if it never reaches CAM's
+    r_ref = {n: edam_stage.recall_at_precision(c, p_ref) for n, c in curves.items()}
+    holds = bool(np.isfinite(r_ref["EDAM"]) and r_ref["EDAM"] - r_ref["CAM"] > 0.02)   # lesson 03's margin
     metrics.update({"edam_miou": EDAM["miou"], "edam_best_threshold": EDAM["best_threshold"], "cam_miou": CAM["miou"],
-                    "cam_fg_precision": p_cam, "cam_fg_recall": r_cam, "edam_recall_at_cam_precision": r_edam,
+                    "cam_fg_precision": p_cam, "cam_fg_recall": r_cam, "edam_max_precision": p_max, "precision_ref": p_ref,
+                    "cam_recall_at_precision": r_ref["CAM"], "edam_recall_at_cam_precision": r_ref["EDAM"],
                     "edam_claim_holds": holds})
-    display(Markdown("| pseudo-labels | mIoU (θ*) | fg precision | fg recall | recall at CAM's precision |\n|---|---:|---:|---:|---:|\n"
-                     + f"| CAM | {CAM['miou']:.3f} | {p_cam:.3f} | {r_cam:.3f} | {r_cam:.3f} |\n"
-                     + f"| EDAM | {EDAM['miou']:.3f} | {EDAM['fg_precision']:.3f} | {EDAM['fg_recall']:.3f} | {r_edam:.3f} |"))
-    print(f"EDAM's claim on MSRC: recall {r_edam:.3f} vs CAM {r_cam:.3f} at precision {p_cam:.3f} → "
-          f"{'holds' if holds else 'does not hold'} here (mIoU {EDAM['miou']:.3f} vs {CAM['miou']:.3f})")
+    display(Markdown(f"| pseudo-labels | mIoU (θ*) | fg precision (θ*) | fg recall (θ*) | highest precision | recall at precision {p_ref:.3f} |\n|---|---:|---:|---:|---:|---:|\n"
+                     + f"| CAM | {CAM['miou']:.3f} | {p_cam:.3f} | {r_cam:.3f} | {float(np.nanmax(curves['CAM']['fg_precision'])):.3f} | {r_ref['CAM']:.3f} |\n"
+                     + f"| EDAM | {EDAM['miou']:.3f} | {EDAM['fg_precision']:.3f} | {EDAM['fg_recall']:.3f} | {p_max:.3f} | {r_ref['EDAM']:.3f} |"))
+    print(f"EDAM's claim on MSRC: at precision {p_ref:.3f}{' (the highest EDAM reaches; CAM reaches ' + format(p_cam, '.3f') + ')' if p_max < p_cam else ''} "
+          f"EDAM recalls {r_ref['EDAM']:.3f}, CAM {r_ref['CAM']:.3f} → {'holds' if holds else 'does not hold'} here "
+          f"(mIoU {EDAM['miou']:.3f} vs {CAM['miou']:.3f})")
 
 # %% [markdown]
 # ## S4 What these figures rest on
