@@ -351,8 +351,9 @@ else:
 
 # %% [markdown]
 # Real photos, a 4.6 M-parameter backbone, three epochs on a CPU: compare the pattern with the papers,
-# not the values. The pattern: **pretraining is what makes CAMs work on photos**; with it, CAMs are
-# again precise but incomplete, and the walk spreads them over more of each object.
+# not the values. The pattern: **pretraining is what makes CAMs work on photos**. At output stride 16
+# the CAMs are coarse: compare their foreground precision and recall in §5 and §8; the walk trades one
+# for the other rather than fixing both.
 #
 # EPS and EDAM on these photos: `study/07_real_photos_study` (§9).
 
