@@ -701,6 +701,7 @@ display(Markdown("| pseudo-labels, mIoU (%) | official (README; VOC 2012 train) 
 # appearance to find more with. The official figures are VOC *train* pseudo-labels with a dense CRF and
 # PoolNet saliency; ours use the toy detector stand-in and no CRF. Next: **05 · EPS** uses saliency as a
 # *training* signal, and **06** trains a segmentation network on these pseudo-labels.
+# The same test on real photos: **07 · Real photos**, §9 (`study/07_real_photos_study`).
 
 # %%
 metrics = {

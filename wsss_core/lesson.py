@@ -73,7 +73,7 @@ class Lesson:
 
 
 def setup(notebook: str, profile: str, out_dir, data_root=None, device: str = "auto", seed: int = 0,
-          toy_overrides: dict | None = None, verbose: bool = True) -> Lesson:
+          toy_overrides: dict | None = None, verbose: bool = True, data: profiles.DataSpec | None = None) -> Lesson:
     """Seed, style, data, output folder and device for one lesson; prints what it did.
 
     Parameters
@@ -82,6 +82,9 @@ def setup(notebook: str, profile: str, out_dir, data_root=None, device: str = "a
     profile : one of :data:`wsss_core.profiles.PROFILE_NAMES` (an unknown name raises, listing them)
     out_dir : the run folder shared by all notebooks (``OUT_DIR``)
     data_root : None for the profile's default tree (toy scenes are generated on first use)
+    data : a :class:`~wsss_core.profiles.DataSpec` the lesson found itself (lesson 07's real photos:
+        :func:`wsss_core.realphotos.msrc_data`); nothing is generated then. ``data.kind == "absent"``: the
+        lesson runs without data (it says why and skips its sections).
     """
     import torch
 
@@ -93,7 +96,8 @@ def setup(notebook: str, profile: str, out_dir, data_root=None, device: str = "a
     import matplotlib.pyplot as plt
 
     plt.rcParams.update(STYLE)
-    data = profiles.prepare_data(profile, data_root, toy_overrides=toy_overrides)
+    if data is None:
+        data = profiles.prepare_data(profile, data_root, toy_overrides=toy_overrides)
     out = Path(out_dir) / notebook
     out.mkdir(parents=True, exist_ok=True)
     L = Lesson(notebook=notebook, profile=profile, seed=int(seed), device_name=str(device), out_root=Path(out_dir),
