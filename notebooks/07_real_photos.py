@@ -35,7 +35,7 @@
 # ## 2 Parameters
 
 # %% tags=["parameters"]
-PROFILE = "tutorial"        # "smoke" (CI: 16 photos, seconds) | "tutorial" (≈ 6 min the first time on 2 CPU cores) | "study"
+PROFILE = "tutorial"        # "smoke" (CI: 16 photos, seconds) | "tutorial" (≈ 5 min the first time on 2 CPU cores) | "study"
 DATA_ROOT = None            # None: $WSSS_SHARED_DATA/msrc_voc/VOC2012, else ../shared/data/msrc_voc/VOC2012
 DEVICE = "auto"             # "auto" | "cpu" | "cuda" | "mps"
 SEED = 0                    # seeds training and the choice of images shown

@@ -96,6 +96,14 @@ def test_per_pair_figures_are_recorded_and_checked():
     assert len(compare_to_baseline([gone], base, 0.03)) == 2
 
 
+def test_a_notebook_that_skipped_for_missing_data_is_not_a_regression(capsys):
+    base = {"metrics": {"07": {"cam_miou": 0.55}, "01": {"cam_miou": 0.5}}}
+    recs = [{"notebook": "07", "metrics": {"skipped": "MSRC-v2 not found at /x", "cam_miou": None}},
+            {"notebook": "01", "metrics": {"skipped": None}}]
+    assert compare_to_baseline(recs, base, 0.02) == ["01.cam_miou: missing (baseline 0.5)"]
+    assert "07: not checked against the baseline: skipped (MSRC-v2 not found at /x)" in capsys.readouterr().err
+
+
 def test_cli_generates_and_validates_toy_tree(tmp_path, capsys):
     from wsss_core.data.toyscenes import ToySceneConfig, ensure_toyscenes
 

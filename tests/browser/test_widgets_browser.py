@@ -36,8 +36,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-# every lesson, in course order: they share one OUT_DIR, so each reuses the models its predecessors trained
-LESSONS = sorted(p.name for p in NOTEBOOKS.glob("0[0-9]_*.ipynb"))
+# every lesson with an explorer, in course order: they share one OUT_DIR, so each reuses the models its
+# predecessors trained
+LESSONS = sorted(p.name for p in NOTEBOOKS.glob("0[0-9]_*.ipynb")
+                 if "widgets.explore(" in p.with_suffix(".py").read_text(encoding="utf-8"))
 BENCH = REPO / "runs" / "browser" / "widget_latency.json"
 BENCH_COPY_ENV = "WSSS_BROWSER_BENCH"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
