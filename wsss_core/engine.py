@@ -40,13 +40,16 @@ overwrites).  Every field that changes the optimisation trajectory counts, ``epo
 schedule spans all epochs, so "the same run, but longer" is a different run), as does the number of
 processes.  Fields that do not change the result are free to differ: ``progress``, ``desc``,
 ``num_workers``, ``checkpoint_dir``, ``resume``, ``device``, ``amp``, ``deterministic`` and
-``find_unused_parameters`` (so a run may be resumed on another machine).
+``find_unused_parameters`` (so a run may be resumed on another machine).  A checkpoint of another
+format version (``version`` in ``last.pt``) is refused the same way.  The message is one line: the
+file, every field that differs, what to do.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import random
 import time
@@ -371,6 +374,20 @@ def to_device(batch, device: torch.device | str, non_blocking: bool = True):
 # --------------------------------------------------------------------------------------------------
 # config and history
 # --------------------------------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+_INT_FIELDS = ("epochs", "batch_size", "warmup_iters", "num_workers", "seed", "max_iters_per_epoch")
+_REAL_FIELDS = ("lr", "weight_decay", "momentum", "poly_power", "grad_clip")
+_BOOL_FIELDS = ("deterministic", "resume", "progress", "drop_last", "shuffle", "find_unused_parameters")
+_OPTIONAL_FIELDS = ("max_iters_per_epoch", "grad_clip")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (one per stage; profiles are presets of it).
@@ -433,6 +450,9 @@ class TrainConfig:
         Passed to ``DistributedDataParallel``.
     desc : str
         Progress-bar label and error-message prefix.
+
+    A field of the wrong type (``epochs="3"``, ``lr="0.1"``) raises ``TypeError`` naming the field, at
+    construction (also through :meth:`from_dict` and :meth:`replace`); numpy numbers are accepted.
     """
 
     epochs: int = 10
@@ -462,6 +482,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = os.fspath(self.checkpoint_dir)
+        for names, kind, ok in ((_INT_FIELDS, "an int", _is_int), (_REAL_FIELDS, "a number", _is_real),
+                                (_BOOL_FIELDS, "a bool", lambda v: isinstance(v, (bool, np.bool_)))):
+            for name in names:
+                v = getattr(self, name)
+                if not (ok(v) or (v is None and name in _OPTIONAL_FIELDS)):
+                    raise TypeError(f"TrainConfig.{name} must be {kind}"
+                                    f"{' or None' if name in _OPTIONAL_FIELDS else ''}, got {v!r} ({type(v).__name__})")
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("onecycle", "poly", "cosine", "constant"):
@@ -939,11 +966,14 @@ def train(
         diffs = _config_diff(ckpt.get("cfg", {}), cfg)
         if ckpt.get("world_size", 1) != info.world_size:
             diffs.append(f"world_size: {ckpt.get('world_size', 1)} (checkpoint) != {info.world_size} (now)")
-        if diffs:
+        if ckpt.get("version", 1) != _CHECKPOINT_VERSION:
+            diffs.insert(0, f"checkpoint format version: {ckpt.get('version', 1)!r} (checkpoint) != "
+                            f"{_CHECKPOINT_VERSION} (this engine)")
+        if diffs:  # one line: the file, what differs, what to do
             raise CheckpointMismatchError(
-                f"{cfg.desc}: {ckpt_path} was written by a run with a different configuration:\n  "
-                + "\n  ".join(diffs)
-                + f"\nDelete {cfg.checkpoint_dir}, choose another checkpoint_dir, or pass "
+                f"{cfg.desc}: {ckpt_path} was written by a run with a different configuration: "
+                + "; ".join(diffs)
+                + f". Delete {cfg.checkpoint_dir}, choose another checkpoint_dir, or pass "
                 "resume=False to start afresh (the checkpoint will be overwritten)."
             )
         model.load_state_dict(ckpt["model"])
