@@ -47,19 +47,39 @@ def _cmd_data(a) -> int:
             print(f"wsss data fetch: {e}", file=sys.stderr)
             return 1
         return 0
+    from .data.palette import DatasetError
     from .data.voc import VOCLayoutDataset
 
-    ds = VOCLayoutDataset(a.root, a.split)
-    n = ds.validate(progress=True)
+    try:
+        ds = VOCLayoutDataset(a.root, a.split)
+        n = ds.validate(progress=True)
+    except DatasetError as e:  # names every bad file, one line each: no traceback
+        print(f"wsss data validate: {e}", file=sys.stderr)
+        return 1
     print(f"{ds.root}: {n} items of split {a.split!r} read without error "
           f"({ds.num_classes} classes: {', '.join(ds.class_names[1:])})")
     return 0
+
+
+def _device_ok(cmd: str, device: str) -> bool:
+    """Check ``--device`` before any data is prepared or folder made: False (and one line on stderr) if
+    the device does not exist here, e.g. ``--device cuda`` on a machine without a GPU."""
+    from .engine import select_device
+
+    try:
+        select_device(device)
+    except RuntimeError as e:
+        print(f"wsss {cmd}: --device {device}: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def _cmd_cam(a) -> int:
     from . import engine, profiles
     from .stages import cam as S
 
+    if not _device_ok("cam", a.device):
+        return 2
     data = profiles.prepare_data(a.profile, a.data_root)
     cfg = profiles.cam_config(a.profile)
     over = {"seed": a.seed, "device": a.device}
@@ -101,6 +121,8 @@ def _cmd_segment(a) -> int:
     from .stages import cam as S
     from .stages import segmentation as SEG
 
+    if not _device_ok("segment", a.device):
+        return 2
     data = profiles.prepare_data(a.profile, a.data_root)
     cfg = SEG.config_for_profile(a.profile)
     over = {"seed": a.seed, "device": a.device}
