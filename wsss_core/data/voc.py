@@ -569,6 +569,20 @@ class VOCLayoutDataset(torch.utils.data.Dataset):
             self._labels_cache = torch.from_numpy(labs)
         return self._labels_cache
 
+    def _check_has_label(self, i: int, raw: Mapping[str, Any], errors: list[str]) -> None:
+        """An image whose XML lists no object, or (without XML) whose mask has no foreground class, has
+        no image label: a weakly supervised classifier cannot learn from it. Only :meth:`validate` checks
+        this (an item without any label source, e.g. a test image, is not reported)."""
+        if raw["label"].any():
+            return
+        xml = self._file(self.annotation_dir, i, ".xml")
+        mask = self._file(self.mask_dir, i, ".png")
+        if xml is not None and xml.is_file():
+            errors.append(f"{xml}: no <object>, so image {raw['id']!r} has no class label")
+        elif mask is not None and mask.is_file():
+            errors.append(f"{mask}: no foreground class (only background / ignore), so image "
+                          f"{raw['id']!r} has no class label")
+
     def validate(self, progress: bool = True) -> int:
         """Load every item and check every file; report all problems at once.
 
@@ -585,7 +599,7 @@ class VOCLayoutDataset(torch.utils.data.Dataset):
         Raises
         ------
         DatasetError
-            One error listing every bad file (one line each).
+            One error listing every bad file (one line each); an image without any class label counts.
         """
         it = range(len(self))
         if progress:
@@ -600,7 +614,9 @@ class VOCLayoutDataset(torch.utils.data.Dataset):
         for i in it:
             errs: list[str] = []
             try:
-                self._load_raw(i, errs)
+                raw = self._load_raw(i, errs)
+                if not errs:
+                    self._check_has_label(i, raw, errs)
             except Exception as e:  # anything unexpected still gets reported with its id
                 errs.append(f"{self.ids[i]}: unexpected error {type(e).__name__}: {e}")
             if errs:
