@@ -232,6 +232,11 @@ def load_cams(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         path = path.with_name(path.name + ".npz")
     with np.load(path) as z:
         keys, small, C = z["keys"], z["cams"].astype(np.float32), int(z["num_classes"])
+    if not np.isfinite(small).all():  # NaN would pass every threshold comparison as "no" and hide as background
+        from .data.palette import DatasetError
+
+        raise DatasetError(f"{path}: CAM file holds {int((~np.isfinite(small)).sum())} non-finite (NaN/inf) "
+                           "values; remake it (delete the file and rerun the CAM stage)")
     cams = np.zeros((C,) + small.shape[1:], np.float32)
     cams[keys] = small
     label = np.zeros(C, np.float32)
