@@ -382,10 +382,12 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
-_INT_FIELDS = ("epochs", "batch_size", "warmup_iters", "num_workers", "seed", "max_iters_per_epoch")
-_REAL_FIELDS = ("lr", "weight_decay", "momentum", "poly_power", "grad_clip")
-_BOOL_FIELDS = ("deterministic", "resume", "progress", "drop_last", "shuffle", "find_unused_parameters")
-_OPTIONAL_FIELDS = ("max_iters_per_epoch", "grad_clip")
+def _is_bool(v) -> bool:
+    return isinstance(v, (bool, np.bool_))
+
+
+# a TrainConfig field annotated "int", "float" or "bool" (optionally "| None") is checked by its annotation
+_TYPE_CHECKS = {"int": ("an int", _is_int), "float": ("a number", _is_real), "bool": ("a bool", _is_bool)}
 
 
 @dataclass
@@ -482,13 +484,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = os.fspath(self.checkpoint_dir)
-        for names, kind, ok in ((_INT_FIELDS, "an int", _is_int), (_REAL_FIELDS, "a number", _is_real),
-                                (_BOOL_FIELDS, "a bool", lambda v: isinstance(v, (bool, np.bool_)))):
-            for name in names:
-                v = getattr(self, name)
-                if not (ok(v) or (v is None and name in _OPTIONAL_FIELDS)):
-                    raise TypeError(f"TrainConfig.{name} must be {kind}"
-                                    f"{' or None' if name in _OPTIONAL_FIELDS else ''}, got {v!r} ({type(v).__name__})")
+        for f in dataclasses.fields(self):
+            base, _, rest = str(f.type).partition(" | ")
+            if base not in _TYPE_CHECKS or rest not in ("", "None"):
+                continue  # str fields, and amp (bool | str), are checked where they are used
+            kind, ok = _TYPE_CHECKS[base]
+            v = getattr(self, f.name)
+            if not (ok(v) or (v is None and rest == "None")):
+                raise TypeError(f"TrainConfig.{f.name} must be {kind}{' or None' if rest else ''}, "
+                                f"got {v!r} ({type(v).__name__})")
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("onecycle", "poly", "cosine", "constant"):
