@@ -402,7 +402,7 @@ FORMAT_VERSION = 1
 def affinitynet_identity(cfg: AffinityStageConfig, classifier_name: str = "", data=None) -> store.Identity:
     """AffinityNet's identity: its config without inference- and run-only fields, the CAM classifier
     (checkpoint folder name) its labels and initial weights came from, and the data set."""
-    return store.identity(STAGE, cfg, store.data_identity(data) if data is not None else None,
+    return store.identity(STAGE, cfg, data=data,
                           upstream={"classifier": classifier_name}, version=FORMAT_VERSION,
                           exclude=_INFERENCE_FIELDS)
 

@@ -307,7 +307,7 @@ FORMAT_VERSION = 1
 def classifier_identity(cfg: CAMStageConfig, data=None) -> store.Identity:
     """The trained classifier's identity (:func:`wsss_core.stages.store.identity`): the config without
     the inference-only and run-only fields, and — given ``data`` — the data set's identity."""
-    return store.identity(STAGE, cfg, store.data_identity(data) if data is not None else None,
+    return store.identity(STAGE, cfg, data=data,
                           version=FORMAT_VERSION, exclude=_INFERENCE_FIELDS)
 
 

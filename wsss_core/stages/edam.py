@@ -371,7 +371,7 @@ FORMAT_VERSION = 1
 def edam_identity(cfg: EDAMStageConfig, classifier_name: str = "", data=None) -> store.Identity:
     """EDAM's identity: its config without inference- and run-only fields, the CAM classifier it
     starts from (when ``init_from_classifier``) and the data set."""
-    return store.identity(STAGE, cfg, store.data_identity(data) if data is not None else None,
+    return store.identity(STAGE, cfg, data=data,
                           upstream={"classifier": classifier_name if cfg.init_from_classifier else ""},
                           version=FORMAT_VERSION, exclude=_INFERENCE_FIELDS)
 

@@ -262,7 +262,7 @@ FORMAT_VERSION = 1
 
 def classifier_identity(cfg: EPSStageConfig, data=None) -> store.Identity:
     """The EPS classifier's identity (:func:`wsss_core.stages.store.identity`)."""
-    return store.identity(STAGE, cfg, store.data_identity(data) if data is not None else None,
+    return store.identity(STAGE, cfg, data=data,
                           version=FORMAT_VERSION, exclude=_INFERENCE_FIELDS)
 
 

@@ -122,7 +122,7 @@ class Identity:
         return {"stage": self.stage, "version": self.version, "hash": self.hash, "fields": self.fields}
 
 
-def identity(stage: str, config: Any, data_fingerprint: Mapping | None = None, upstream: Mapping | None = None,
+def identity(stage: str, config: Any, data: Any = None, upstream: Mapping | None = None,
              version: int = 1, exclude=(), keep_train_run_fields: bool = False) -> Identity:
     """The identity of a result of ``stage``.
 
@@ -130,7 +130,8 @@ def identity(stage: str, config: Any, data_fingerprint: Mapping | None = None, u
     ----------
     config : a stage config (``to_dict()``) or a dict of identity fields already chosen (used as is,
         apart from ``exclude``).
-    data_fingerprint : :func:`data_identity` of the data set → field ``"data"`` (None: left out).
+    data : the data set (a :class:`wsss_core.profiles.DataSpec`); its :func:`data_identity` → field
+        ``"data"`` (None: left out).
     upstream : named identities of the upstream results, e.g. ``{"classifier": "<checkpoint name>"}``,
         merged into the fields under those names.
     version : the stage's format version. Version 1 is the format of the results made before this
@@ -140,8 +141,8 @@ def identity(stage: str, config: Any, data_fingerprint: Mapping | None = None, u
     keep_train_run_fields : see :func:`config_identity` (the segmentation stage's version 1).
     """
     fields = config_identity(config, exclude, keep_train_run_fields)
-    if data_fingerprint is not None:
-        fields["data"] = dict(data_fingerprint)
+    if data is not None:
+        fields["data"] = data_identity(data)
     for k, v in dict(upstream or {}).items():
         if k in fields:
             raise ValueError(f"identity of stage {stage!r}: upstream name {k!r} clashes with a config field")
