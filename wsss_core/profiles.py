@@ -48,6 +48,18 @@ def default_data_dir() -> Path:
     return root / "data" if root is not None else Path.home() / ".cache" / "wsss-lab"
 
 
+def shared_data_location() -> tuple[Path, str]:
+    """Where the shared real data are looked for first, and what says so: ``($WSSS_SHARED_DATA,
+    "$WSSS_SHARED_DATA")`` when that variable is set, else ``(<repo>/../shared/data, "<repo>/../shared/data")``
+    (``../shared/data`` outside a checkout). The folder may not exist."""
+    env = os.environ.get("WSSS_SHARED_DATA")
+    if env:
+        return Path(env).expanduser(), "$WSSS_SHARED_DATA"
+    root = project_root()
+    base = root.parent / "shared" / "data" if root is not None else Path("../shared/data")
+    return base.resolve(), "<repo>/../shared/data"
+
+
 def shared_data_dir() -> Path | None:
     """The two small real datasets (GrabCut benchmark, Weizmann horses): ``$WSSS_SHARED_DATA`` or
     ``<repo>/../shared/data``; None where absent."""

@@ -22,7 +22,6 @@ backgrounds vary) is the control.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +44,9 @@ def find_msrc(data_root=None) -> tuple[Path, str | None]:
     the reason naming the path and how to point at the data."""
     if data_root:
         root, how = Path(data_root).expanduser(), "DATA_ROOT"
-    elif os.environ.get("WSSS_SHARED_DATA"):
-        root, how = Path(os.environ["WSSS_SHARED_DATA"]).expanduser() / MSRC_SUBDIR, "$WSSS_SHARED_DATA"
     else:
-        base = profiles.project_root()
-        base = base.parent / "shared" / "data" if base is not None else Path("../shared/data")
-        root, how = (base / MSRC_SUBDIR).resolve(), "<repo>/../shared/data"
+        base, how = profiles.shared_data_location()
+        root = base / MSRC_SUBDIR
     if (root / "JPEGImages").is_dir() and (root / "ImageSets" / "Segmentation" / "train.txt").is_file():
         return root, None
     return root, (f"MSRC-v2 not found at {root} (from {how}): put msrc_voc/ under ../shared/data, set "
