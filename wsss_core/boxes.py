@@ -52,7 +52,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from .stages.store import atomic_write_json
+from .atomic import atomic_write_json
 
 __all__ = [
     "GrabCutConfig",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import IGNORE_INDEX
-from .stages.store import atomic_path
+from .atomic import atomic_path
 
 
 def default_cam_fn(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

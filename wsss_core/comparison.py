@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .evaluation import evaluate_label_dir
-from .stages.store import atomic_write_json
+from .atomic import atomic_write_json
 
 NOTEBOOK = "06_segmentation_and_comparison"
 

@@ -64,6 +64,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from .atomic import atomic_path
 from .stages import store
 
 __all__ = [
@@ -814,7 +815,7 @@ def _set_rng_state(state: Mapping) -> None:
 
 def _atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic)."""
-    with store.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..stages.store import atomic_path
+from ..atomic import atomic_path
 
 
 class DatasetError(ValueError):

@@ -12,7 +12,8 @@ folder of pseudo-labels, a report. This module answers, once for every stage:
   *partial*, never as complete (:class:`Result`);
 * **atomic writes** — every file goes to a temporary file in the same folder and is then renamed over
   the target (``os.replace``), so a reader sees the old file or the new one, never half of one
-  (:func:`atomic_path`, :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json`).
+  (:func:`atomic_path`, :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json`,
+  from :mod:`wsss_core.atomic`).
   This protects against a killed process, not against a power cut (no ``fsync``);
 * **locking** — two processes writing into one result folder would corrupt each other: :func:`lock`
   refuses with a message naming the holder (pid, host, start time); a lock left by a dead process is
@@ -22,7 +23,8 @@ Compatibility: the identities of the results made before this module existed are
 (:func:`fingerprint` hashes the same JSON as before, and a stage's format version enters the hash only
 from version 2 on), so cached checkpoints and CAMs stay valid.
 
-This module imports only the standard library (the engine and the data writers use it).
+This module imports only the standard library and :mod:`wsss_core.atomic` (whose writers it
+re-exports); the engine uses it.
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+# the atomic writers live one layer down (the data writers use them too); re-exported here
+from ..atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401
+from ..atomic import tmp_name as _tmp_name
 
 # ------------------------------------------------------------------------------------------------
 # identity
@@ -61,13 +67,18 @@ names the fields that differ from it)."""
 LOCK_NAME = ".lock"
 
 
+def _canon(v) -> str:
+    """The canonical JSON of ``v`` (sorted keys, ``str`` for anything else): what is hashed and compared."""
+    return json.dumps(v, sort_keys=True, default=str)
+
+
 def fingerprint(obj: Any, n: int = 8) -> str:
     """The first ``n`` hex digits of the SHA-1 of ``obj`` as sorted-key JSON (``default=str``).
 
     Every stage's checkpoint folder name ends with it; the JSON is the one the stages hashed before
     this module existed, so old folder names are reproduced exactly.
     """
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+    return hashlib.sha1(_canon(obj).encode()).hexdigest()[:n]
 
 
 def train_identity(train: Any) -> dict:
@@ -152,10 +163,6 @@ def identity(stage: str, config: Any, data: Any = None, upstream: Mapping | None
     return Identity(stage, fields, int(version))
 
 
-def _canon(v) -> str:
-    return json.dumps(v, sort_keys=True, default=str)
-
-
 def record_identity(folder, ident: Identity) -> Path:
     """Write ``folder/identity.json`` (atomically) — call it from one process (rank 0 under torchrun)."""
     return atomic_write_json(Path(folder) / IDENTITY_NAME, ident.to_dict(), default=str)
@@ -172,58 +179,6 @@ def diff_fields(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
         elif _canon(a) != _canon(b):  # (1, 2) as stored in JSON is [1, 2]
             out.append(f"{prefix}{k}")
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# atomic writes
-# ------------------------------------------------------------------------------------------------
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-@contextlib.contextmanager
-def atomic_path(path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; when the block ends without an error it replaces
-    ``path`` (``os.replace``, atomic on one file system), otherwise it is deleted and ``path`` is left
-    as it was; an ``OSError`` (a full disk, a read-only folder) is raised again naming ``path``. Folders
-    are made as needed.
-
-        with atomic_path(out / "x.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, a=a)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:  # e.g. a full disk: say which file, and that nothing half-written was left
-        raise type(e)(e.errno, f"{path}: {e.strerror or e} (not written; any previous file is unchanged)") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_path`); returns ``path``."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    return path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path, obj: Any, indent: int | None = 2, **kw) -> Path:
-    """``json.dumps(obj)`` to ``path`` atomically (the object is serialised before the file is touched:
-    an unserialisable object leaves the old file in place)."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent, **kw))
 
 
 # ------------------------------------------------------------------------------------------------
