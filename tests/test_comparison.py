@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from wsss_core import comparison
+from wsss_core.stages import pipeline
 from wsss_core.data.palette import write_label_png
 from wsss_core.notebooks import compare_to_baseline, make_baseline, quality_direction
 
@@ -66,7 +67,7 @@ def test_table_markdown_has_every_row_and_the_papers_columns():
 
 
 def test_every_method_has_a_maker_and_unknown_ones_are_named():
-    assert set(comparison.METHODS) == set(comparison._MAKERS)
+    assert set(comparison.METHODS) == set(pipeline.LABEL_SOURCES)
     with pytest.raises(KeyError, match="known: cam"):
         comparison.pseudo_label_dir("crf-magic", "smoke", None, "/nonexistent")
     assert comparison.pseudo_label_dir("full", "smoke", None, "/nonexistent") is None

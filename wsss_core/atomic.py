@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "tmp_name"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_update_json", "tmp_name"]
 
 
 def tmp_name(path: Path) -> Path:
@@ -64,3 +64,18 @@ def atomic_write_json(path, obj: Any, indent: int | None = 2, **kw) -> Path:
     """``json.dumps(obj)`` to ``path`` atomically (the object is serialised before the file is touched:
     an unserialisable object leaves the old file in place)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, **kw))
+
+
+def atomic_update_json(path, obj: Any, indent: int | None = 2, **kw) -> bool:
+    """:func:`atomic_write_json`, unless ``path`` already holds the same JSON (then the file is left
+    untouched, its time stamp too, so that a rerun which reuses everything writes nothing).
+    Returns whether it wrote."""
+    text = json.dumps(obj, indent=indent, **kw)
+    try:
+        if json.loads(Path(path).read_text()) == json.loads(text):
+            return False
+    except (OSError, ValueError):
+        pass
+    atomic_write_text(path, text)
+    return True
+

@@ -5,6 +5,8 @@
     wsss data fetch --list                                     # real datasets it can download (VOC, SBD)
     wsss data fetch voc2012 sbd                                # → data/VOCdevkit/VOC2012 (+ train_aug)
     wsss cam --profile tutorial --out runs/cli/cam             # train classifier, CAMs, pseudo-labels, metrics
+    wsss run eps --profile smoke --out runs/smoke              # any stage, its inputs run or reused first
+    wsss run segmentation --labels affinity_rw --profile tutorial --out runs/tutorial
     wsss segment --profile tutorial --labels runs/cli/cam/pseudo_labels --out runs/cli/seg_cam
                                                                # DeepLab on a pseudo-label folder, val mIoU
     wsss segment --profile tutorial --out runs/cli/seg_full    # the fully supervised upper bound
@@ -75,43 +77,69 @@ def _device_ok(cmd: str, device: str) -> bool:
 
 
 def _cmd_cam(a) -> int:
+    """The CAM stage (:func:`wsss_core.stages.cam.run`) into ``--out``: the same call notebook 01 and
+    ``wsss run cam`` make, so a rerun reuses the classifier, the CAMs and the labels."""
     from . import engine, profiles
     from .stages import cam as S
+    from .stages import pipeline
 
     if not _device_ok("cam", a.device):
         return 2
     data = profiles.prepare_data(a.profile, a.data_root)
-    cfg = profiles.cam_config(a.profile)
-    over = {"seed": a.seed, "device": a.device}
+    cfg = pipeline.Run(a.profile, a.out, data=data, seed=a.seed, device=a.device).cfg("cam")
     if a.epochs is not None:
-        over["epochs"] = a.epochs
-    cfg = cfg.replace(train=cfg.train.replace(**over))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+        cfg = cfg.replace(train=cfg.train.replace(epochs=a.epochs))
     t0 = time.perf_counter()
-    train_ds = S.classification_dataset(data.root, data.train_split, cfg, mask_dir=None) if data.kind == "voc" else \
-        S.classification_dataset(data.root, data.train_split, cfg)
-    val_ds = S.classification_dataset(data.root, data.val_split, cfg, train=False)
-    model, history = S.train_classifier(cfg, train_ds, out / "classifier", val_ds=val_ds)
-    t1 = time.perf_counter()
-    cam_split = "train"  # pseudo-label quality is measured on VOC's train (1 464) as the papers do
-    ev = S.evaluation_dataset(data.root, cam_split, cfg)
-    S.make_cams(model, ev, out / "cams", cfg)  # under torchrun every rank makes its share
-    t2 = time.perf_counter()
+    res = S.run(cfg, data, Path(a.out))
     if not engine.get_dist_info().is_main:
         engine.cleanup_distributed()
         return 0
-    cls = S.classification_report(model, val_ds)
-    rep = S.evaluate_cams(out / "cams", ev, cfg, data.context_pairs)
-    S.save_pseudo_labels(out / "cams", ev, out / "pseudo_labels", threshold=rep["best_threshold"])
-    metrics = {"cls_map": cls["map"], "cam_miou": rep["miou"], "cam_best_threshold": rep["best_threshold"],
-               "cam_fg_precision": rep["fg_precision"], "cam_fg_recall": rep["fg_recall"],
-               "cam_sweep": rep["sweep"], "train_seconds": t1 - t0, "cam_seconds": t2 - t1}
-    for k in ("part_recall", "body_recall", "context_leak", "background_leak"):
-        if k in rep:
-            metrics[f"cam_{k}"] = rep[k]
-    S.write_metrics(out / "metrics.json", metrics)
+    metrics = pipeline.STAGES["cam"].metrics(res, None)
+    metrics["cam_sweep"] = res.report["sweep"]
+    if data.kind == "voc" and data.train_split != "train":
+        # the papers score CAMs on VOC's train (1 464 images), a subset of train_aug: same CAM files
+        rep = S.evaluate_cams(res.cam_dir, S.evaluation_dataset(data.root, "train", cfg), cfg, data.context_pairs)
+        metrics[f"cam_miou_{data.train_split}"] = metrics["cam_miou"]
+        metrics.update(cam_miou=rep["miou"], cam_fg_precision=rep["fg_precision"], cam_fg_recall=rep["fg_recall"])
+    metrics.update(seconds=time.perf_counter() - t0, classifier=res.checkpoint_dir.name)
+    S.write_metrics(Path(a.out) / "metrics.json", metrics)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2, default=float))
+    engine.cleanup_distributed()
+    return 0
+
+
+def _cmd_run(a) -> int:
+    """One stage through the stage contract, its inputs run or reused first (:mod:`wsss_core.stages.pipeline`)."""
+    import datetime
+
+    from . import engine
+    from .atomic import atomic_write_json
+    from .stages import pipeline
+
+    if not _device_ok("run", a.device):
+        return 2
+    run = pipeline.Run(a.profile, a.out, data_root=a.data_root, seed=a.seed, device=a.device,
+                       labels_from=a.labels)
+    try:
+        res = run.result(a.stage)
+    except pipeline.MethodUnavailable as e:
+        print(f"wsss run {a.stage}: {e}", file=sys.stderr)
+        return 1
+    if not engine.get_dist_info().is_main:
+        engine.cleanup_distributed()
+        return 0
+    st = pipeline.STAGES[a.stage]
+    metrics = st.metrics(res, run)
+    for e in run.log:
+        what = "reused" if e["files_written"] == 0 else f"made or updated ({e['files_written']} files written)"
+        print(f"[{e['stage']}] {what} in {e['seconds']:.1f} s — {e['folder']}")
+    name = a.stage if a.stage != "segmentation" else f"segmentation_{a.labels}"
+    path = run.out_dir(a.stage) / f"stage_{name}.json"
+    atomic_write_json(path, {"stage": a.stage, "profile": a.profile, "seed": a.seed, "labels": a.labels if a.stage == "segmentation" else None,
+                             "made_on": datetime.datetime.now().isoformat(timespec="seconds"), "metrics": metrics,
+                             "stages": run.log}, default=float)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2, default=float))
+    print(f"→ {path}")
     engine.cleanup_distributed()
     return 0
 
@@ -188,6 +216,24 @@ def main(argv=None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
     c.set_defaults(fn=_cmd_cam)
+
+    from .stages.pipeline import LABEL_SOURCES, STAGES
+
+    r = sub.add_parser("run", help="one stage, its upstream stages run or reused: " + ", ".join(STAGES),
+                       description="Run one stage through the stage contract (wsss_core/stages/pipeline.py): its "
+                                   "inputs are run first or reused from OUT/<notebook>/ (the folders the notebooks "
+                                   "use), then the stage; prints what each stage did and writes "
+                                   "OUT/<notebook>/stage_<stage>.json. Stages: " +
+                                   "; ".join(f"{k}: {v.summary}" for k, v in STAGES.items()))
+    r.add_argument("stage", choices=list(STAGES))
+    r.add_argument("--profile", default="tutorial", choices=PROFILE_NAMES)
+    r.add_argument("--out", required=True, help="the run folder (the notebooks' OUT_DIR, e.g. runs/tutorial)")
+    r.add_argument("--data-root")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--labels", default="full", choices=list(LABEL_SOURCES),
+                   help="segmentation only: whose pseudo-labels to train on (default: the true masks)")
+    r.set_defaults(fn=_cmd_run)
 
     g = sub.add_parser("segment", help="train DeepLab on a pseudo-label folder (or the true masks), val mIoU")
     g.add_argument("--profile", default="tutorial", choices=PROFILE_NAMES)

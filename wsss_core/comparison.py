@@ -24,8 +24,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .evaluation import evaluate_label_dir
 from .atomic import atomic_write_json
+from .evaluation import evaluate_label_dir
+# every stage runs through the stage contract; MethodUnavailable is raised (and caught) there
+from .stages.pipeline import MethodUnavailable, Run  # noqa: F401
 
 NOTEBOOK = "06_segmentation_and_comparison"
 
@@ -74,116 +76,31 @@ METHODS: dict[str, Method] = {m.key: m for m in [
 DEFAULT_METHODS = tuple(METHODS)
 
 
-@dataclass(frozen=True)
-class _Run:
-    """Where and how the stages run: what every pseudo-label maker needs."""
-
-    profile: str
-    data: object
-    out_root: Path
-    seed: int | None
-    device: str | None
-    progress: bool
-    config_hook: Callable | None = None
-
-    def cfg(self, stage: str, preset):
-        """``preset`` after the caller's ``config_hook(stage, cfg)`` and with this run's seed and device, as
-        every notebook sets them (Box2Seg's config has no ``train``: its ``run`` takes seed and device)."""
-        cfg = self.config_hook(stage, preset) if self.config_hook is not None else preset
-        if not hasattr(cfg, "train"):
-            return cfg
-        kw = {k: v for k, v in (("seed", None if self.seed is None else int(self.seed)), ("device", self.device))
-              if v is not None}
-        return cfg.replace(train=cfg.train.replace(**kw))
-
-    def out(self, stage_module) -> Path:
-        return Path(self.out_root) / stage_module.NOTEBOOK
-
-
-def _cam(run: _Run):
-    from . import profiles
-    from .stages import cam as stage
-
-    return stage.run(run.cfg("cam", profiles.cam_config(run.profile)), run.data, run.out(stage),
-                     progress=run.progress).label_dir
-
-
-def _affinity(run: _Run):
-    from . import profiles
-    from .affinity import crf_available
-    from .stages import affinity as stage
-
-    cfg = run.cfg("affinity_rw", stage.config_for_profile(run.profile))
-    if cfg.crf and not crf_available():  # as notebook 02 does: without the optional extra, labels without CRF
-        import warnings
-
-        warnings.warn("the affinity labels' dense CRF needs the optional extra (pip install -e .[crf]); making them "
-                      "without it — notebook 02 measured a much weaker random walk that way", stacklevel=2)
-        cfg = cfg.replace(crf=False)
-    cam_cfg = run.cfg("cam", profiles.cam_config(run.profile))
-    return stage.run(cfg, run.data, run.out(stage), cam_cfg=cam_cfg, progress=run.progress).rw_dir
-
-
-def _edam(sal: bool):
-    def fn(run: _Run):
-        from . import profiles
-        from .stages import edam as stage
-
-        cam_cfg = run.cfg("cam", profiles.cam_config(run.profile))
-        res = stage.run(run.cfg("edam", stage.config_for_profile(run.profile)), run.data, run.out(stage),
-                        cam_cfg=cam_cfg, progress=run.progress)
-        d = res.sal_label_dir if sal else res.label_dir
-        if d is None:
-            raise MethodUnavailable("EDAM + saliency needs a saliency folder in the dataset (none found)")
-        return d
-    return fn
-
-
-def _eps(run: _Run):
-    from .stages import eps as stage
-
-    return stage.run(run.cfg("eps", stage.config_for_profile(run.profile)), run.data, run.out(stage),
-                     progress=run.progress).label_dir
-
-
-def _box(which: str):
-    def fn(run: _Run):
-        from .stages import box2seg as stage
-
-        res = stage.run(run.cfg("box2seg", stage.config_for_profile(run.profile)), run.data, run.out(stage),
-                        seed=run.seed, device=run.device, progress=run.progress)
-        return getattr(res, f"{which}_label_dir")
-    return fn
-
-
-class MethodUnavailable(RuntimeError):
-    """The method cannot run on this data (e.g. no boxes or no saliency maps)."""
-
-
-_MAKERS: dict[str, Callable] = {
-    "cam": _cam, "affinity_rw": _affinity, "edam": _edam(False), "edam_sal": _edam(True), "eps": _eps,
-    "grabcut": _box("grabcut"), "box2seg": _box("box2seg"),
-    "full": lambda run: None,
-}
-
-
 def pseudo_label_dir(method: str, profile: str, data, out_root, seed: int = 0, device: str = "auto",
                      progress: bool = True, config_hook: Callable | None = None) -> Path | None:
     """The folder of ``method``'s pseudo-labels for ``data``'s training split (None for ``full``:
     the true masks), made by the method's stage or reused from its notebook's run in ``out_root``.
 
-    ``config_hook(stage, cfg) -> cfg`` edits a stage's preset before it runs (``stage`` is ``"cam"``,
-    ``"affinity_rw"``, ``"edam"``, ``"eps"`` or ``"box2seg"``) — e.g. a small crop for a test; a changed
-    config trains its own models next to the notebooks' (every stage fingerprints its config).
+    The method's stage runs through :class:`wsss_core.stages.pipeline.Run` (its inputs first: the CAM
+    stage before AffinityNet and EDAM). ``config_hook(stage, cfg) -> cfg`` edits a stage's preset before it
+    runs (``stage`` is a :data:`~wsss_core.stages.pipeline.STAGES` name: ``"cam"``, ``"affinity"``,
+    ``"edam"``, ``"eps"`` or ``"box2seg"``) — e.g. a small crop for a test; a changed config trains its own
+    models next to the notebooks' (every stage fingerprints its config).
 
     Raises
     ------
     KeyError : unknown method (the message lists the known ones).
     """
-    if method not in _MAKERS:
+    if method not in METHODS:
         raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    d = _MAKERS[method](_Run(profile, data, Path(out_root), seed, device, progress, config_hook))
-    return None if d is None else Path(d)
+    return _labels(Run(profile, out_root, data=data, seed=seed, device=device, progress=progress,
+                       config_hook=config_hook), method)
+
+
+def _labels(run: Run, method: str) -> Path | None:
+    if method not in METHODS:
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    return run.labels(method)
 
 
 def pseudo_label_dirs(methods: Sequence[str], profile: str, data, out_root, seed: int = 0, device: str = "auto",
@@ -194,12 +111,12 @@ def pseudo_label_dirs(methods: Sequence[str], profile: str, data, out_root, seed
     reused from ``out_root``; minutes when the stage had to train)."""
     import time
 
+    run = Run(profile, out_root, data=data, seed=seed, device=device, progress=progress, config_hook=config_hook)
     dirs, skipped, seconds = {}, {}, {}
     for m in methods:
         t0 = time.perf_counter()
         try:
-            dirs[m] = pseudo_label_dir(m, profile, data, out_root, seed=seed, device=device, progress=progress,
-                                       config_hook=config_hook)
+            dirs[m] = _labels(run, m)
         except MethodUnavailable as e:
             skipped[m] = str(e)
         seconds[m] = time.perf_counter() - t0
@@ -247,11 +164,9 @@ def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, 
     the same images as ``pseudo_miou``, so the two say whether the network corrected its labels.
     Segmenters are cached under ``seg_root/<method>/`` (default ``out_root/06_segmentation_and_comparison``).
     """
-    from .stages import segmentation as seg
-
+    run = Run(profile, out_root, data=data, seed=seed, device=device, progress=progress, config_hook=config_hook)
     if seg_cfg is None:
-        seg_cfg = _Run(profile, data, Path(out_root), seed, device, progress).cfg(
-            "segmentation", seg.config_for_profile(profile))
+        seg_cfg = Run(profile, out_root, data=data, seed=seed, device=device).cfg("segmentation")  # (no hook: as before)
     out = Path(seg_root) if seg_root is not None else Path(out_root) / NOTEBOOK
     images = _TrainImages(data, seg_cfg)  # the training images with their true masks, built once
     rows, dirs = [], {}
@@ -260,8 +175,7 @@ def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, 
         row = {"method": m, "title": meta.title, "supervision": meta.supervision, "status": "ok"}
         rows.append(row)
         try:
-            dirs[m] = pseudo_label_dir(m, profile, data, out_root, seed=seed, device=device, progress=progress,
-                                       config_hook=config_hook)
+            dirs[m] = _labels(run, m)
         except MethodUnavailable as e:
             row["status"] = f"skipped: {e}"
             if log:

@@ -175,8 +175,8 @@ def _check_stage_identity(cfg: CAMStageConfig, checkpoint_dir) -> None:
                 f"{d}: the checkpoint was trained with a different CAM-stage config ({lines}). Delete the folder, "
                 "choose another checkpoint_dir, or set train.resume=False to start afresh.")
     d.mkdir(parents=True, exist_ok=True)
-    if engine.is_main_process():  # one writer under torchrun
-        store.atomic_write_json(f, ident)
+    if engine.is_main_process():  # one writer under torchrun (unchanged: left untouched)
+        store.atomic_update_json(f, ident)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -293,7 +293,7 @@ def train_eps(cfg: EPSStageConfig, train_ds, checkpoint_dir=None, val_ds=None, n
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         if engine.is_main_process():  # one writer under torchrun
-            store.atomic_write_json(Path(checkpoint_dir) / "stage_config.json", cfg.to_dict(), default=list)
+            store.atomic_update_json(Path(checkpoint_dir) / "stage_config.json", cfg.to_dict(), default=list)
     eval_fn = None
     if val_ds is not None:
         def eval_fn(m, epoch):
@@ -457,7 +457,10 @@ def cached_report(cam_dir, dataset, cfg, context_pairs, report_path, progress: b
     The returned dict always has the JSON types (threshold keys as strings, NaN as None)."""
     cam_dir, report_path = Path(cam_dir), Path(report_path)
     src = cam_dir / "source.json"
-    key = {"maps": json.loads(src.read_text()) if src.is_file() else str(cam_dir),
+    maps = json.loads(src.read_text()) if src.is_file() else str(cam_dir)
+    if isinstance(maps, dict):  # how long the maps took is no part of what they are (and is stored rounded)
+        maps = {k: v for k, v in maps.items() if k != "seconds"}
+    key = {"maps": maps,
            "thresholds": list(cfg.thresholds), "eval_threshold": cfg.eval_threshold,
            "boundary_tolerance": cfg.boundary_tolerance, "n_images": len(dataset),
            "pairs": {k: list(v) for k, v in (context_pairs or {}).items()}}
@@ -582,6 +585,27 @@ def cam_baseline_config(cfg: EPSStageConfig) -> cam_stage.CAMStageConfig:
         cache_images=cfg.cache_images)
 
 
+def baseline_location(cfg: EPSStageConfig, data, out_root, notebook_01_cfg: cam_stage.CAMStageConfig | None = None
+                      ) -> tuple[cam_stage.CAMStageConfig, Path, bool]:
+    """Where :func:`run_cam_baseline` puts the CAM baseline: ``(its config, its folder, shared)`` —
+    ``shared`` when it is notebook 01's (see there)."""
+    cam_cfg = cam_baseline_config(cfg)
+    out_root = Path(out_root)
+    shared = False
+    if notebook_01_cfg is not None:
+        probe = out_root / cam_stage.NOTEBOOK
+        same_net = cam_stage.checkpoint_dir_for(cam_cfg, probe, data) == cam_stage.checkpoint_dir_for(notebook_01_cfg, probe, data)
+        same_maps = (tuple(cam_cfg.cam_scales) == tuple(notebook_01_cfg.cam_scales)
+                     and cam_cfg.cam_flip == notebook_01_cfg.cam_flip)
+        shared = same_net and same_maps
+    if shared:
+        out_dir = out_root / cam_stage.NOTEBOOK
+        cam_cfg = cam_cfg.replace(eval_threshold=notebook_01_cfg.eval_threshold, thresholds=tuple(notebook_01_cfg.thresholds))
+    else:
+        out_dir = out_root / NOTEBOOK / "cam_baseline"
+    return cam_cfg, out_dir, shared
+
+
 @dataclass
 class CAMBaseline:
     """The CAM side of the comparison: the CAM stage's result, and whether it is notebook 01's."""
@@ -601,20 +625,7 @@ def run_cam_baseline(cfg: EPSStageConfig, data, out_root, notebook_01_cfg: cam_s
     otherwise the baseline lives in ``out_root/05_eps_saliency/cam_baseline`` so that notebook 01's
     files are never replaced.
     """
-    cam_cfg = cam_baseline_config(cfg)
-    out_root = Path(out_root)
-    shared = False
-    if notebook_01_cfg is not None:
-        probe = out_root / cam_stage.NOTEBOOK
-        same_net = cam_stage.checkpoint_dir_for(cam_cfg, probe, data) == cam_stage.checkpoint_dir_for(notebook_01_cfg, probe, data)
-        same_maps = (tuple(cam_cfg.cam_scales) == tuple(notebook_01_cfg.cam_scales)
-                     and cam_cfg.cam_flip == notebook_01_cfg.cam_flip)
-        shared = same_net and same_maps
-    if shared:
-        out_dir = out_root / cam_stage.NOTEBOOK
-        cam_cfg = cam_cfg.replace(eval_threshold=notebook_01_cfg.eval_threshold, thresholds=tuple(notebook_01_cfg.thresholds))
-    else:
-        out_dir = out_root / NOTEBOOK / "cam_baseline"
+    cam_cfg, out_dir, shared = baseline_location(cfg, data, out_root, notebook_01_cfg)
     res = cam_stage.run(cam_cfg, data, out_dir, progress=progress)
     return CAMBaseline(res, shared, out_dir)
 
@@ -638,6 +649,7 @@ class EPSStageResult:
     val_map: float
     train_seconds: float
     cam_seconds: float
+    cam: "cam_stage.CAMStageResult | None" = None  # the CAM baseline, when run through the pipeline
 
 
 def run(cfg: EPSStageConfig, data, out_dir, progress: bool = True) -> EPSStageResult:

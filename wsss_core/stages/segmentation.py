@@ -76,6 +76,7 @@ class SegStageConfig(StageConfig):
 
 # fields that do not change the trained weights (left out of the checkpoint folder's fingerprint)
 _INFERENCE_FIELDS = ("eval_scales", "eval_flip", "crf", "cache_images", "channels_last", "train_workers", "torch_threads")
+NOTEBOOK = "06_segmentation_and_comparison"  # (notebook 06 trains one segmenter per method under it)
 STAGE = "segmentation"
 FORMAT_VERSION = 1
 

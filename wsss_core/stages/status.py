@@ -128,24 +128,20 @@ def _data_spec(profile: str, data_root=None):
 
 
 def expected_checkpoints(profile: str, out_dir, data, seed: int = 0) -> dict[str, tuple[Path, store.Identity]]:
-    """The checkpoint folders (and identities) the profile's notebooks 01, 02, 03 and 05 would train or reuse."""
-    from .. import profiles
+    """The checkpoint folders (and identities) the profile's notebooks 01, 02, 03 and 05 would train or reuse:
+    the stage contract's presets and folders (:class:`wsss_core.stages.pipeline.Run`)."""
     from . import affinity, cam, edam, eps
+    from .pipeline import Run
 
-    out_dir = Path(out_dir)
-
-    def seeded(c):
-        return c.replace(train=c.train.replace(seed=seed))
-
-    cc, ac, ec, pc = (seeded(profiles.cam_config(profile)), seeded(affinity.config_for_profile(profile)),
-                      seeded(edam.config_for_profile(profile)), seeded(eps.config_for_profile(profile)))
-    c = cam.checkpoint_dir_for(cc, out_dir / cam.NOTEBOOK, data)
+    run = Run(profile, out_dir, data=data, seed=seed, progress=False)
+    cc, ac, ec, pc = (run.cfg(s) for s in ("cam", "affinity", "edam", "eps"))
+    c = cam.checkpoint_dir_for(cc, run.out_dir("cam"), data)
     return {
         "cam": (c, cam.classifier_identity(cc, data)),
-        "affinity": (affinity.checkpoint_dir_for(ac, out_dir / affinity.NOTEBOOK, c.name, data),
+        "affinity": (affinity.checkpoint_dir_for(ac, run.out_dir("affinity"), c.name, data),
                      affinity.affinitynet_identity(ac, c.name, data)),
-        "edam": (edam.checkpoint_dir_for(ec, out_dir / edam.NOTEBOOK, c.name, data), edam.edam_identity(ec, c.name, data)),
-        "eps": (eps.checkpoint_dir_for(pc, out_dir / eps.NOTEBOOK, data), eps.classifier_identity(pc, data)),
+        "edam": (edam.checkpoint_dir_for(ec, run.out_dir("edam"), c.name, data), edam.edam_identity(ec, c.name, data)),
+        "eps": (eps.checkpoint_dir_for(pc, run.out_dir("eps"), data), eps.classifier_identity(pc, data)),
     }
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 # the atomic writers live one layer down (the data writers use them too); re-exported here
-from ..atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401
+from ..atomic import atomic_path, atomic_update_json, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401
 from ..atomic import tmp_name as _tmp_name
 
 # ------------------------------------------------------------------------------------------------
@@ -164,8 +164,11 @@ def identity(stage: str, config: Any, data: Any = None, upstream: Mapping | None
 
 
 def record_identity(folder, ident: Identity) -> Path:
-    """Write ``folder/identity.json`` (atomically) — call it from one process (rank 0 under torchrun)."""
-    return atomic_write_json(Path(folder) / IDENTITY_NAME, ident.to_dict(), default=str)
+    """Write ``folder/identity.json`` (atomically) — call it from one process (rank 0 under torchrun).
+    An identical file is left as it is (a rerun that reuses everything writes nothing)."""
+    path = Path(folder) / IDENTITY_NAME
+    atomic_update_json(path, ident.to_dict(), default=str)
+    return path
 
 
 def diff_fields(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
