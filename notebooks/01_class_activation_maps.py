@@ -373,8 +373,10 @@ ours = f"{cfg.backbone} CNN, toy train ({len(eval_ds)} images), {L.profile}"
 rows = [f"| {n} | {w} | {v} |" for n, w, v in PAPERS] + [
     f"| **ours**, {name} | {ours} | **{100 * s['miou']:.1f}** |" for name, s in settings.items()]
 display(Markdown("| CAM pseudo-labels | setting | mIoU (%) |\n|---|---|---:|\n" + "\n".join(rows)))
-stage.save_report(L.out, CKPT_DIR.name, report)        # stage.run (notebooks 02–06) reuses it
-stage.save_pseudo_labels(CAM_DIR, eval_ds, L.out / "pseudo_labels", threshold=BEST)
+stage.save_report(L.out, CKPT_DIR.name, report)
+# the CAM stage as notebooks 02–06 and `wsss run cam` call it: it reuses the classifier, CAMs and report
+# above and writes the pseudo-labels at θ* (their completion marker last)
+stage.run(cfg, L.data, L.out, progress=False)
 stage.write_metrics(L.out / "cam_config.json", cfg.to_dict())
 
 # %% [markdown]

@@ -10,8 +10,8 @@ A stage (:class:`Stage`) declares
 * its **inputs**: named upstream stage results (``affinity`` and ``edam`` receive the ``cam`` stage's
   result object, not a folder name; ``segmentation`` receives the pseudo-label folder of the
   :data:`LABEL_SOURCES` entry it is asked for);
-* its **config**: the profile's preset (:meth:`Stage.preset`; the presets themselves stay beside their
-  stage, this is the one place that knows where each one is), with the run's seed and device;
+* its **config**: the profile's preset, ``<stage module>.config_for_profile(profile)`` for every stage
+  (:meth:`Stage.preset`), with the run's seed and device;
 * its **outputs**: the attributes of the result object its ``run`` returns, and where they live:
   ``OUT_DIR/<notebook>/`` (the folder the stage's notebook uses, so a notebook and the CLI share
   their results).
@@ -61,7 +61,6 @@ class Stage:
     summary: str
     _make: Callable = field(repr=False, compare=False, default=None)
     _metrics: Callable = field(repr=False, compare=False, default=None)
-    _preset: Callable | None = field(repr=False, compare=False, default=None)
 
     def load(self):
         """The stage's module (imported on first use: ``import wsss_core`` stays light)."""
@@ -77,17 +76,11 @@ class Stage:
         from .. import profiles
 
         profiles.check_profile(profile)
-        return self._preset(profile) if self._preset is not None else self.load().config_for_profile(profile)
+        return self.load().config_for_profile(profile)
 
     def metrics(self, result, run: "Run") -> dict:
         """The stage's headline figures (flat, JSON-able), as its notebook names them."""
         return self._metrics(result, run)
-
-
-def _cam_preset(profile: str):
-    from .. import profiles
-
-    return profiles.cam_config(profile)
 
 
 def _make_cam(run: "Run", cfg, up: dict):
@@ -208,7 +201,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("cam", "wsss_core.stages.cam", (),
           {"checkpoint_dir": "the classifier", "cam_dir": "CAMs of the training split (.npz)",
            "label_dir": "pseudo-labels at the best threshold (.png)", "report": "cam_report.json"},
-          "CAM classifier, CAMs, pseudo-labels (notebook 01)", _make_cam, _cam_metrics, _cam_preset),
+          "CAM classifier, CAMs, pseudo-labels (notebook 01)", _make_cam, _cam_metrics),
     Stage("affinity", "wsss_core.stages.affinity", ("cam",),
           {"label_dir": "affinity labels from the CAMs", "checkpoint_dir": "AffinityNet",
            "rw_dir": "random-walk pseudo-labels (.png)", "report": "rw_report.json"},
