@@ -5,7 +5,7 @@ so that the parent can ``kill -9`` it there.
 
 ``PAUSE`` is ``none``, ``step:N`` (before the N-th training step, 1-based) or ``replace:SUFFIX:N`` (the
 N-th atomic rename onto a file whose name ends with SUFFIX: the temporary file is cut to half its size
-first, as if the writer were in the middle of it). At the pause the child writes FLAG and sleeps.
+first, as if the writer were in the middle of it; ``replace_in:PART:N``: whose path contains PART). At the pause the child writes FLAG and sleeps.
 After the stage it writes OUT_DIR/metrics.json (the notebook-01 keys the stage reports, plus digests of
 the classifier's weights, the CAM files and the pseudo-label PNGs).
 """
@@ -42,12 +42,15 @@ def install(pause: str, flag: str) -> None:
             return real(*a, **k)
 
         cam.classification_step = step
-    elif kind == "replace":
+    elif kind in ("replace", "replace_in"):  # the target's name ends with SUFFIX / its path holds it
         suffix, n = args[0], int(args[1])
         real, count = os.replace, [0]
 
+        def hit(dst) -> bool:
+            return str(dst).endswith(suffix) if kind == "replace" else suffix in str(dst)
+
         def replace(src, dst, *a, **k):
-            if str(dst).endswith(suffix):
+            if hit(dst):
                 count[0] += 1
                 if count[0] == n:
                     size = os.path.getsize(src)

@@ -1,4 +1,5 @@
-"""``kill -9`` the CAM stage (smoke settings) at seven points, rerun it, and compare with an uninterrupted run.
+"""``kill -9`` the CAM stage (smoke settings) at seven points, AffinityNet + random walk at three and EPS at
+two (through the stage contract, their inputs run first), rerun, and compare with an uninterrupted run.
 
 Each test starts tests/faults_cam_child.py, which pauses at one point (a training step, or the atomic
 rename of a checkpoint / CAM / pseudo-label / metrics file, whose temporary file it first cuts in half);
@@ -118,6 +119,66 @@ def test_kill_and_rerun_gives_the_uninterrupted_metrics(point, data_root, refere
     assert not (out / store.LOCK_NAME).exists()
 
 
+# ------------------------------------------------------------------------------------------------
+# the stages after the CAM stage, through the stage contract (tests/faults_stage_child.py)
+# ------------------------------------------------------------------------------------------------
+
+STAGE_CHILD = Path(__file__).with_name("faults_stage_child.py")
+STAGE_POINTS = {
+    "affinity: writing the AffinityNet checkpoint": ("affinity", "replace_in:/affinitynet/:1"),
+    "affinity: writing random-walk labels (20th of 64)": ("affinity", "replace_in:/rw_labels/:20"),
+    "affinity: writing rw_report.json": ("affinity", "replace:rw_report.json:1"),
+    "eps: writing EPS maps (20th of 64)": ("eps", "replace_in:05_eps_saliency/cams/:20"),
+    "eps: writing EPS pseudo-labels (20th of 64)": ("eps", "replace_in:05_eps_saliency/pseudo_labels/:20"),
+}
+_STAGE_REFERENCE: dict[str, dict] = {}
+
+
+def _stage_child(stage, data_root, out, pause="none", flag=None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{CHILD.parent}", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(STAGE_CHILD), stage, str(data_root), str(out), pause, str(flag or "-")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stage_reference(stage, data_root, tmp_path_factory) -> dict:
+    if stage not in _STAGE_REFERENCE:
+        out = tmp_path_factory.mktemp(f"reference_{stage}")
+        t0 = time.perf_counter()
+        _finish(_stage_child(stage, data_root, out), timeout=300)
+        TIMINGS[f"uninterrupted ({stage})"] = {"seconds": time.perf_counter() - t0}
+        _STAGE_REFERENCE[stage] = json.loads((out / "metrics.json").read_text())
+    return _STAGE_REFERENCE[stage]
+
+
+@pytest.mark.parametrize("point", list(STAGE_POINTS))
+def test_kill_a_later_stage_and_rerun(point, data_root, tmp_path, tmp_path_factory):
+    """The same check for AffinityNet + random walk and EPS, each run with its inputs through
+    :class:`wsss_core.stages.pipeline.Run`: kill at the point, rerun, same figures and digests."""
+    stage, pause = STAGE_POINTS[point]
+    reference = _stage_reference(stage, data_root, tmp_path_factory)
+    out, flag = tmp_path / "run", tmp_path / "paused"
+    proc = _stage_child(stage, data_root, out, pause, flag)
+    deadline = time.monotonic() + 300
+    while not flag.exists():
+        assert proc.poll() is None, f"the child ended before {point}: {proc.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, f"the child never reached {point}"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    for p in out.rglob("*.json"):  # nothing half-written under a final name
+        json.loads(p.read_text())
+    for p in out.rglob("*.png"):
+        read_label_png(p)
+    assert not (out / "metrics.json").exists()
+    seconds = _finish(_stage_child(stage, data_root, out), timeout=300)
+    got = json.loads((out / "metrics.json").read_text())
+    TIMINGS[point] = {"rerun_seconds": seconds, "equal": got == reference}
+    assert got == reference
+    assert not list(out.rglob(".*.tmp"))
+    assert not list(out.rglob(store.LOCK_NAME))
+
+
 def test_zz_print_the_table(capsys):
     """The kill/resume table (``pytest -m faults -s`` shows it)."""
     if len(TIMINGS) < 2:
@@ -125,8 +186,8 @@ def test_zz_print_the_table(capsys):
     with capsys.disabled():
         print("\n| point | rerun seconds | metrics equal |\n|---|---|---|")
         for k, v in TIMINGS.items():
-            if k == "uninterrupted":
-                print(f"| (uninterrupted run) | {v['seconds']:.1f} | — |")
+            if k.startswith("uninterrupted"):
+                print(f"| ({k} run) | {v['seconds']:.1f} | — |")
             else:
                 print(f"| {k} | {v['rerun_seconds']:.1f} | {'yes, bit-exact' if v['equal'] else 'NO'} |")
     assert all(v.get("equal", True) for v in TIMINGS.values())

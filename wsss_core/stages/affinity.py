@@ -820,6 +820,11 @@ def run(cfg: AffinityStageConfig, data, out_dir, cam_cfg=None, cam_result=None, 
     ``rw_report.json`` with the walk's and the CAMs' scores on the same images (``rw``, ``cam_alpha``
     = the CAMs with the walk's α-background, ``cam_best`` = notebook 01's oracle threshold) and timings.
     """
+    with store.writing(out_dir, main=engine.is_main_process()):  # a lock; killed writers' half files swept
+        return _run(cfg, data, Path(out_dir), cam_cfg, cam_result, progress)
+
+
+def _run(cfg: AffinityStageConfig, data, out_dir, cam_cfg=None, cam_result=None, progress: bool = True) -> AffinityStageResult:
     out_dir = Path(out_dir)
     if cam_result is None:
         if cam_cfg is None:
@@ -845,4 +850,5 @@ def run(cfg: AffinityStageConfig, data, out_dir, cam_cfg=None, cam_result=None, 
                   "cam_alpha": evaluate_cams_alpha(cam_result.cam_dir, ev, cfg.rw_alpha, data.context_pairs),
                   "cam_best": cam_result.report, "timing": timing}
         cam_stage.write_metrics(report_path, {"source": ckpt.name, "report": report})
+        report = json.loads(report_path.read_text())["report"]  # as stored (rounded): what a rerun reads
     return AffinityStageResult(model, cfg, ckpt, label_dir, rw_dir, report, cam_result)

@@ -453,6 +453,7 @@ def _run(cfg: CAMStageConfig, data, out_dir: Path, progress: bool) -> CAMStageRe
     if report is None:
         report = evaluate_cams(cam_dir, ev, cfg, data.context_pairs)
         save_report(out_dir, ckpt.name, report)
+        report = json.loads(report_path.read_text())["report"]  # as stored (rounded): what a rerun reads
     labels = store.Result(label_dir)
     if not labels.is_complete(label_record(cam_dir, ev, report["best_threshold"])):
         labels.begin()

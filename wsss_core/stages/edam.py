@@ -773,6 +773,12 @@ def run(cfg: EDAMStageConfig, data, out_dir, cam_cfg=None, cam_result=None, prog
     saliency maps, with the saliency override (``pseudo_labels_sal<tag>/``) → ``edam_report<tag>.json``.
     ``tag`` keeps variants apart (the notebook's ablation uses ``"_no_cma"``).
     """
+    with store.writing(out_dir, main=engine.is_main_process()):  # a lock; killed writers' half files swept
+        return _run(cfg, data, Path(out_dir), cam_cfg, cam_result, progress, tag)
+
+
+def _run(cfg: EDAMStageConfig, data, out_dir, cam_cfg=None, cam_result=None, progress: bool = True,
+         tag: str = "") -> EDAMStageResult:
     out_dir = Path(out_dir)
     if cam_result is None:
         if cam_cfg is None:
@@ -803,6 +809,7 @@ def run(cfg: EDAMStageConfig, data, out_dir, cam_cfg=None, cam_result=None, prog
                 for p in d.glob("*.png"):
                     p.unlink()
         write_report(out_dir, ckpt.name, cfg, report, sal_report, tag)
+        report, sal_report = read_report(out_dir, ckpt.name, cfg, tag)  # as stored (rounded): what a rerun reads
     if len(list(label_dir.glob("*.png"))) != len(ev):
         save_pseudo_labels(mask_dir, ev, label_dir, threshold=report["best_threshold"], progress=progress)
     if sal_label_dir is not None and len(list(sal_label_dir.glob("*.png"))) != len(ev):

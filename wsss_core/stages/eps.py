@@ -659,6 +659,11 @@ def run(cfg: EPSStageConfig, data, out_dir, progress: bool = True) -> EPSStageRe
     0.2; boundary F-score), save pseudo-labels (at ``cfg.label_threshold``, default the best) and write
     ``out_dir/eps_report.json``. ``data`` is a :class:`wsss_core.profiles.DataSpec`.
     """
+    with store.writing(out_dir, main=engine.is_main_process()):  # a lock; killed writers' half files swept
+        return _run(cfg, data, Path(out_dir), progress)
+
+
+def _run(cfg: EPSStageConfig, data, out_dir, progress: bool = True) -> EPSStageResult:
     out_dir = Path(out_dir)
     ckpt = checkpoint_dir_for(cfg, out_dir, data)
     train_ds = training_dataset(data.root, data.train_split, cfg)

@@ -252,6 +252,20 @@ def _is_temp(p: Path) -> bool:
     return p.name.startswith(".") and p.name.endswith(".tmp")
 
 
+@contextlib.contextmanager
+def writing(folder, main: bool = True) -> Iterator[Path]:
+    """What a stage's ``run`` holds while it writes into ``folder``: the folder's :func:`lock`, and the
+    half files of killed writers swept first (:func:`sweep_temp`, recursive). ``main=False`` (a
+    non-zero rank under torchrun, whose rank 0 holds the lock) does neither."""
+    folder = Path(folder)
+    if not main:
+        yield folder
+        return
+    with lock(folder):
+        sweep_temp(folder, recursive=True)
+        yield folder
+
+
 def sweep_temp(folder, recursive: bool = False) -> list[Path]:
     """Delete the temporary files (:func:`atomic_path`) that dead processes of this host left in
     ``folder`` (and its sub-folders, with ``recursive``): a killed writer's half file. Returns them;
