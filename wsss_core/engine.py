@@ -46,7 +46,7 @@ file, every field that differs, what to do.
 
 Where things are
 ----------------
-This module holds :class:`TrainConfig` and :func:`train`; the rest lives in
+This module holds :class:`TrainConfig` and :func:`train` (set-up, epoch loop, one step); the rest lives in
 rooms of its own, every public name re-exported here (``engine.select_device``, ``engine.predict`` ...):
 
 * :mod:`wsss_core.distributed` - devices, seeds, torchrun process groups, :func:`to_device`, :func:`unwrap`;
@@ -64,12 +64,12 @@ import math
 import numbers
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -81,7 +81,6 @@ from .distributed import (
     DistInfo,
     all_reduce_mean,
     cleanup_distributed,
-    comm_device,
     get_dist_info,
     init_distributed,
     is_main_process,
@@ -91,7 +90,7 @@ from .distributed import (
     to_device,
     unwrap,
 )
-from .history import History, bar_end, bar_step, epoch_record, iter_record, progress_bar
+from .history import History, bar_end, bar_step, epoch_record, iter_record, logged_values, progress_bar
 from .inference import predict
 from .optim import amp_setup, build_optimizer, build_param_groups, build_scheduler, lr_factor
 
@@ -297,7 +296,7 @@ class TrainState:
     outputs: dict | None = None
 
 # --------------------------------------------------------------------------------------------------
-# data, step outputs, callbacks
+# data and callbacks
 # --------------------------------------------------------------------------------------------------
 def _data_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
@@ -334,22 +333,6 @@ def _build_loader(dataset, cfg: TrainConfig, info: DistInfo, device, collate_fn,
     return loader, sampler, generator
 
 
-def _scalar(value, key: str) -> float:
-    if torch.is_tensor(value):
-        if value.numel() != 1:
-            raise TypeError(
-                f"step_fn returned {key!r} with shape {tuple(value.shape)}; logged values must be "
-                "scalars (prefix the key with '_' to pass it to callbacks without logging)"
-            )
-        return float(value.detach().float().item())
-    if isinstance(value, (int, float, np.number, np.bool_)):
-        return float(value)
-    raise TypeError(
-        f"step_fn returned {key!r} of type {type(value).__name__}; logged values must be scalars "
-        "(prefix the key with '_' to pass it to callbacks without logging)"
-    )
-
-
 _HOOKS = ("on_train_start", "on_epoch_start", "on_iter_end", "on_epoch_end", "on_train_end")
 
 
@@ -361,6 +344,154 @@ def _callback(callbacks, name: str, state: TrainState) -> None:
                 fn(state)
         elif name == "on_epoch_end":
             cb(state)
+
+
+# --------------------------------------------------------------------------------------------------
+# the pieces of train(): set-up, one step, one epoch
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """The objects of one :func:`train` call, built by :func:`_set_up` and shared by its pieces."""
+
+    cfg: TrainConfig
+    device: torch.device
+    info: DistInfo
+    amp_on: bool
+    amp_dtype: torch.dtype | None
+    model: nn.Module  # the plain module: what is saved, what eval_fn sees
+    loader: DataLoader
+    sampler: Any
+    generator: torch.Generator
+    iters_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    ckpt_path: Path | None
+    history: History = field(default_factory=History)  # the resumed one, once train() has looked
+    ddp_model: nn.Module | None = None  # what step_fn gets: model, or its DDP wrapper (set by train())
+
+
+def _set_up(model, dataset, cfg: TrainConfig, collate_fn, param_groups, sampler) -> _Run:
+    """Device, process group, seeds, AMP, the model on its device, the DataLoader, optimizer, scheduler and
+    scaler - in this order (the RNG draws of a run depend on it)."""
+    device = select_device(cfg.device)
+    info = init_distributed(backend="nccl" if device.type == "cuda" else "gloo")
+    seed_everything(cfg.seed + info.rank, cfg.deterministic)
+    amp_on, amp_dtype, use_scaler = amp_setup(cfg.amp, device)
+
+    model = unwrap(model)
+    model.to(device)
+
+    loader, sampler, generator = _build_loader(dataset, cfg, info, device, collate_fn, sampler)
+    n_batches = len(loader)
+    if n_batches == 0:
+        raise ValueError(
+            f"{cfg.desc}: the DataLoader yields no batch (dataset of {len(dataset)} samples, "
+            f"batch_size={cfg.batch_size} per process, world_size={info.world_size}, "
+            f"drop_last={cfg.drop_last})"
+        )
+    iters_per_epoch = min(n_batches, cfg.max_iters_per_epoch or n_batches)
+    total_iters = cfg.epochs * iters_per_epoch
+
+    optimizer = build_optimizer(build_param_groups(model, cfg, param_groups), cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_iters)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    return _Run(
+        cfg=cfg, device=device, info=info, amp_on=amp_on, amp_dtype=amp_dtype, model=model, loader=loader,
+        sampler=sampler, generator=generator, iters_per_epoch=iters_per_epoch, optimizer=optimizer,
+        scheduler=scheduler, scaler=scaler, ckpt_path=checkpoints.checkpoint_path(cfg),
+    )
+
+
+def _wrap_ddp(run: _Run) -> nn.Module:
+    """``run.model`` in ``DistributedDataParallel`` under torchrun, else itself."""
+    if not run.info.enabled:
+        return run.model
+    return nn.parallel.DistributedDataParallel(
+        run.model,
+        device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        find_unused_parameters=run.cfg.find_unused_parameters,
+    )
+
+
+def _step(run: _Run, step_fn, batch, epoch: int, b: int, global_iter: int, bar) -> tuple[Mapping, dict, list]:
+    """One optimisation step on ``batch``: ``step_fn`` under autocast, the logged values (a non-finite
+    loss stops the run before any update), backward through the scaler, optional gradient clipping,
+    optimizer and scheduler steps. Returns ``(step_fn's output, logged values, lrs used)``."""
+    cfg, optimizer, scaler = run.cfg, run.optimizer, run.scaler
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_on):
+        out = step_fn(run.ddp_model, batch, run.device)
+    if not isinstance(out, Mapping) or "loss" not in out:
+        raise TypeError(f"{cfg.desc}: step_fn must return a dict with a 'loss' entry")
+    loss = out["loss"]
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        raise TypeError(f"{cfg.desc}: step_fn's 'loss' must be a scalar tensor")
+    logs = logged_values(out, run.info)
+    if not math.isfinite(logs["loss"]):
+        if bar is not None:
+            bar.close()
+        raise FloatingPointError(
+            f"{cfg.desc}: non-finite loss ({logs['loss']}) at epoch {epoch} (0-based), "
+            f"iteration {b} of the epoch (global iteration {global_iter}); lower the lr, set "
+            "grad_clip, or check the inputs / labels (and amp)"
+        )
+    scaler.scale(loss).backward()
+    if cfg.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(run.ddp_model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    run.scheduler.step()
+    return out, logs, lrs
+
+
+def _epoch_steps(run: _Run, state: TrainState, step_fn, callbacks: list, epoch: int, bar) -> dict[str, float]:
+    """The steps of one epoch, each logged in the history, ``on_iter_end`` after each; returns the sums
+    of the logged values."""
+    sums: dict[str, float] = {}
+    data_iter = iter(run.loader)
+    for b in range(run.iters_per_epoch):
+        batch = next(data_iter)
+        global_iter = epoch * run.iters_per_epoch + b
+        out, logs, lrs = _step(run, step_fn, batch, epoch, b, global_iter, bar)
+        run.history.iters.append(iter_record(epoch, global_iter, b, lrs, logs))
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v
+        state.iteration = global_iter
+        state.outputs = dict(out)
+        _callback(callbacks, "on_iter_end", state)
+        bar_step(bar, sums["loss"] / (b + 1), lrs[0])
+    del data_iter
+    return sums
+
+
+def _epoch(run: _Run, state: TrainState, step_fn, eval_fn, callbacks: list, epoch: int) -> None:
+    """One epoch: the data order of ``(seed, epoch)``, ``on_epoch_start``, the steps, the epoch record
+    (with ``eval_fn``'s metrics), the checkpoint, then ``on_epoch_end``."""
+    cfg = run.cfg
+    state.epoch = epoch
+    run.ddp_model.train()
+    run.generator.manual_seed(_data_seed(cfg.seed, epoch))
+    if hasattr(run.sampler, "set_epoch"):
+        run.sampler.set_epoch(epoch)
+    _callback(callbacks, "on_epoch_start", state)
+    bar = progress_bar(cfg.progress and run.info.is_main, run.iters_per_epoch,
+                       f"{cfg.desc} {epoch + 1}/{cfg.epochs}")
+    t0 = time.perf_counter()
+    sums = _epoch_steps(run, state, step_fn, callbacks, epoch, bar)
+
+    lr, seconds = run.history.iters[-1]["lr"], time.perf_counter() - t0
+    metrics = (eval_fn(run.model, epoch) or {}) if eval_fn is not None else {}
+    record = epoch_record(epoch, sums, run.iters_per_epoch, lr, seconds, metrics)
+    run.history.epochs.append(record)
+    bar_end(bar, record)
+
+    if run.ckpt_path is not None:
+        checkpoints.save(run.ckpt_path, cfg, run.info, model=run.model, optimizer=run.optimizer,
+                         scheduler=run.scheduler, scaler=run.scaler, history=run.history, epoch=epoch)
+    _callback(callbacks, "on_epoch_end", state)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,114 +568,21 @@ def train(
         cfg = TrainConfig.from_dict(cfg)
     callbacks = list(callbacks or [])
 
-    device = select_device(cfg.device)
-    info = init_distributed(backend="nccl" if device.type == "cuda" else "gloo")
-    seed_everything(cfg.seed + info.rank, cfg.deterministic)
-    amp_on, amp_dtype, use_scaler = amp_setup(cfg.amp, device)
-
-    model = unwrap(model)
-    model.to(device)
-
-    loader, sampler, generator = _build_loader(dataset, cfg, info, device, collate_fn, sampler)
-    n_batches = len(loader)
-    if n_batches == 0:
-        raise ValueError(
-            f"{cfg.desc}: the DataLoader yields no batch (dataset of {len(dataset)} samples, "
-            f"batch_size={cfg.batch_size} per process, world_size={info.world_size}, "
-            f"drop_last={cfg.drop_last})"
-        )
-    iters_per_epoch = min(n_batches, cfg.max_iters_per_epoch or n_batches)
-    total_iters = cfg.epochs * iters_per_epoch
-
-    optimizer = build_optimizer(build_param_groups(model, cfg, param_groups), cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_iters)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    ckpt_path = checkpoints.checkpoint_path(cfg)
-    history, start_epoch = checkpoints.resume(
-        ckpt_path, cfg, info, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler
+    run = _set_up(model, dataset, cfg, collate_fn, param_groups, sampler)
+    run.history, start_epoch = checkpoints.resume(
+        run.ckpt_path, cfg, run.info,
+        model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
     )
-    if start_epoch >= cfg.epochs:
-        return history
+    if start_epoch >= cfg.epochs:  # a finished run: its weights are in model now
+        return run.history
 
-    ddp_model: nn.Module = model
-    if info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters,
-        )
-
+    run.ddp_model = _wrap_ddp(run)
     state = TrainState(
-        model=ddp_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg,
-        device=device, dist=info, history=history, iters_per_epoch=iters_per_epoch,
+        model=run.ddp_model, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler, cfg=cfg,
+        device=run.device, dist=run.info, history=run.history, iters_per_epoch=run.iters_per_epoch,
     )
     _callback(callbacks, "on_train_start", state)
-    show = cfg.progress and info.is_main
     for epoch in range(start_epoch, cfg.epochs):
-        state.epoch = epoch
-        ddp_model.train()
-        generator.manual_seed(_data_seed(cfg.seed, epoch))
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        _callback(callbacks, "on_epoch_start", state)
-        bar = progress_bar(show, iters_per_epoch, f"{cfg.desc} {epoch + 1}/{cfg.epochs}")
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        data_iter = iter(loader)
-        for b in range(iters_per_epoch):
-            batch = next(data_iter)
-            global_iter = epoch * iters_per_epoch + b
-            lrs = [g["lr"] for g in optimizer.param_groups]
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_on):
-                out = step_fn(ddp_model, batch, device)
-            if not isinstance(out, Mapping) or "loss" not in out:
-                raise TypeError(f"{cfg.desc}: step_fn must return a dict with a 'loss' entry")
-            loss = out["loss"]
-            if not torch.is_tensor(loss) or loss.numel() != 1:
-                raise TypeError(f"{cfg.desc}: step_fn's 'loss' must be a scalar tensor")
-            keys = ["loss"] + sorted(k for k in out if k != "loss" and not str(k).startswith("_"))
-            values = [_scalar(out[k], k) for k in keys]
-            if info.enabled:  # one collective: rank means of all logged values (and the NaN check)
-                t = torch.tensor(values, dtype=torch.float64, device=comm_device())
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
-                values = (t / info.world_size).tolist()
-            logs = dict(zip(keys, values))
-            if not math.isfinite(logs["loss"]):
-                if bar is not None:
-                    bar.close()
-                raise FloatingPointError(
-                    f"{cfg.desc}: non-finite loss ({logs['loss']}) at epoch {epoch} (0-based), "
-                    f"iteration {b} of the epoch (global iteration {global_iter}); lower the lr, set "
-                    "grad_clip, or check the inputs / labels (and amp)"
-                )
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-
-            history.iters.append(iter_record(epoch, global_iter, b, lrs, logs))
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            state.iteration = global_iter
-            state.outputs = dict(out)
-            _callback(callbacks, "on_iter_end", state)
-            bar_step(bar, sums["loss"] / (b + 1), lrs[0])
-        del data_iter
-
-        lr, seconds = history.iters[-1]["lr"], time.perf_counter() - t0
-        metrics = (eval_fn(model, epoch) or {}) if eval_fn is not None else {}
-        epoch_rec = epoch_record(epoch, sums, iters_per_epoch, lr, seconds, metrics)
-        history.epochs.append(epoch_rec)
-        bar_end(bar, epoch_rec)
-
-        if ckpt_path is not None:
-            checkpoints.save(ckpt_path, cfg, info, model=model, optimizer=optimizer, scheduler=scheduler,
-                             scaler=scaler, history=history, epoch=epoch)
-        _callback(callbacks, "on_epoch_end", state)
-
+        _epoch(run, state, step_fn, eval_fn, callbacks, epoch)
     _callback(callbacks, "on_train_end", state)
-    return history
+    return run.history

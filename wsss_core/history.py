@@ -1,6 +1,8 @@
 """What a training run logs: the :class:`History` that :func:`wsss_core.engine.train` returns, the records
 it is made of, and the per-epoch progress bar.
 
+* :func:`logged_values` - the scalars a step function returned (``loss`` first, keys starting with ``_``
+  left out), checked to be scalars and averaged over ranks under DDP;
 * :func:`iter_record` - one record per iteration (epoch, global iteration, batch, learning rates, the
   step function's scalars);
 * :func:`epoch_record` - one record per epoch (the scalars' epoch means, lr, seconds, ``end_iter`` and
@@ -19,8 +21,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-__all__ = ["History", "iter_record", "epoch_record", "progress_bar", "bar_step", "bar_end"]
+from .distributed import DistInfo, comm_device
+
+__all__ = ["History", "logged_values", "iter_record", "epoch_record", "progress_bar", "bar_step", "bar_end"]
 
 
 def _plain(value, where: str):
@@ -130,6 +135,34 @@ class History:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         return ax
+
+
+def _scalar(value, key: str) -> float:
+    if torch.is_tensor(value):
+        if value.numel() != 1:
+            raise TypeError(
+                f"step_fn returned {key!r} with shape {tuple(value.shape)}; logged values must be "
+                "scalars (prefix the key with '_' to pass it to callbacks without logging)"
+            )
+        return float(value.detach().float().item())
+    if isinstance(value, (int, float, np.number, np.bool_)):
+        return float(value)
+    raise TypeError(
+        f"step_fn returned {key!r} of type {type(value).__name__}; logged values must be scalars "
+        "(prefix the key with '_' to pass it to callbacks without logging)"
+    )
+
+
+def logged_values(out: Mapping, info: DistInfo) -> dict[str, float]:
+    """``loss`` and the other logged scalars of ``step_fn``'s output (keys starting with ``_`` are not
+    logged), averaged over ranks under DDP."""
+    keys = ["loss"] + sorted(k for k in out if k != "loss" and not str(k).startswith("_"))
+    values = [_scalar(out[k], k) for k in keys]
+    if info.enabled:  # one collective: rank means of all logged values (and the NaN check)
+        t = torch.tensor(values, dtype=torch.float64, device=comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        values = (t / info.world_size).tolist()
+    return dict(zip(keys, values))
 
 
 def iter_record(epoch: int, global_iter: int, batch: int, lrs: Sequence[float], logs: Mapping[str, float]) -> dict:
