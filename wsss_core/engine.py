@@ -74,7 +74,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-# every name below is used as engine.<name> by the stages, notebooks or tests: the facade re-exports them
+# the rooms of the engine; their public names are re-exported (stages, notebooks and tests use engine.<name>)
 from . import checkpoints
 from .checkpoints import CHECKPOINT_NAME, CheckpointMismatchError, is_finished, load_checkpoint_weights
 from .distributed import (
@@ -275,6 +275,7 @@ class TrainConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
+
 # --------------------------------------------------------------------------------------------------
 # what callbacks see
 # --------------------------------------------------------------------------------------------------
@@ -294,6 +295,7 @@ class TrainState:
     iteration: int = 0
     iters_per_epoch: int = 0
     outputs: dict | None = None
+
 
 # --------------------------------------------------------------------------------------------------
 # data and callbacks
