@@ -416,17 +416,18 @@ def ddp_cfg(world_size: int, ckpt_dir) -> TrainConfig:
 
 
 def _ddp_worker(out_dir: str) -> None:
+    from wsss_core import checkpoints
     from wsss_core.metrics import ConfusionMatrix
 
     out = Path(out_dir)
     saves = []
-    real_save = engine._atomic_save
+    real_save = checkpoints._atomic_save  # the writer of train()'s checkpoints lives there (not on the engine facade)
 
     def counting_save(obj, path):
         saves.append(str(path))
         real_save(obj, path)
 
-    engine._atomic_save = counting_save
+    checkpoints._atomic_save = counting_save
     info = engine.init_distributed()
     ds = make_dataset(DDP_N)
     cfg = ddp_cfg(info.world_size, out / "ckpt")

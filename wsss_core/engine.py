@@ -43,6 +43,18 @@ processes.  Fields that do not change the result are free to differ: ``progress`
 ``find_unused_parameters`` (so a run may be resumed on another machine).  A checkpoint of another
 format version (``version`` in ``last.pt``) is refused the same way.  The message is one line: the
 file, every field that differs, what to do.
+
+Where things are
+----------------
+This module holds :class:`TrainConfig` and :func:`train` (set-up, epoch loop, one step); the rest lives in
+rooms of its own, every public name re-exported here (``engine.select_device``, ``engine.predict`` ...):
+
+* :mod:`wsss_core.distributed` - devices, seeds, torchrun process groups, :func:`to_device`, :func:`unwrap`;
+* :mod:`wsss_core.optim` - parameter groups, optimizer, LR schedule (:func:`lr_factor`), AMP set-up;
+* :mod:`wsss_core.checkpoints` - ``last.pt``: save, resume and its checks, :func:`is_finished`,
+  :func:`load_checkpoint_weights`;
+* :mod:`wsss_core.history` - :class:`History`, the iteration / epoch records, the progress bar;
+* :mod:`wsss_core.inference` - :func:`predict`.
 """
 
 from __future__ import annotations
@@ -51,7 +63,6 @@ import dataclasses
 import math
 import numbers
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +70,29 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .atomic import atomic_path
-from .stages import store
+# the rooms of the engine; their public names are re-exported (stages, notebooks and tests use engine.<name>)
+from . import checkpoints
+from .checkpoints import CHECKPOINT_NAME, CheckpointMismatchError, is_finished, load_checkpoint_weights
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    cleanup_distributed,
+    get_dist_info,
+    init_distributed,
+    is_main_process,
+    seed_everything,
+    seed_worker,
+    select_device,
+    to_device,
+    unwrap,
+)
+from .history import History, bar_end, bar_step, epoch_record, iter_record, logged_values, progress_bar
+from .inference import predict
+from .optim import amp_setup, build_optimizer, build_param_groups, build_scheduler, lr_factor
 
 __all__ = [
     "select_device",
@@ -88,292 +115,9 @@ __all__ = [
     "CHECKPOINT_NAME",
 ]
 
-CHECKPOINT_NAME = "last.pt"
-_CHECKPOINT_VERSION = 1
-
 
 # --------------------------------------------------------------------------------------------------
-# device and seeds
-# --------------------------------------------------------------------------------------------------
-def _env_int(name: str, default: int | None = None) -> int | None:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return int(value)
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def select_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Pick the compute device.
-
-    Parameters
-    ----------
-    device : {"auto", "cuda", "cuda:N", "mps", "cpu"} or torch.device, default "auto"
-        ``"auto"`` takes CUDA if available, then Apple MPS, else the CPU.  Under torchrun
-        (``WORLD_SIZE > 1``) a bare ``"cuda"`` (or ``"auto"`` on a CUDA machine) means
-        ``cuda:LOCAL_RANK``.  Explicit strings are honoured.
-
-    Returns
-    -------
-    torch.device
-
-    Raises
-    ------
-    RuntimeError
-        If CUDA or MPS is asked for but not available (or the CUDA index does not exist).
-    """
-    if device is None:
-        device = "auto"
-    spec = str(device).strip().lower()
-    world = _env_int("WORLD_SIZE", 1) or 1
-    local_rank = _env_int("LOCAL_RANK", 0) or 0
-    if spec == "auto":
-        if torch.cuda.is_available():
-            spec = "cuda"
-        elif _mps_available():
-            return torch.device("mps")
-        else:
-            return torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device={device!r} was requested but torch.cuda.is_available() is False "
-                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}; no usable GPU or "
-                "driver). Use device='auto' or device='cpu'."
-            )
-        dev = torch.device(spec)
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-        if dev.index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"device {dev} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-        return dev
-    if spec == "mps":
-        if not _mps_available():
-            raise RuntimeError("device='mps' was requested but torch.backends.mps.is_available() is False")
-        return torch.device("mps")
-    return torch.device(spec)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> int:
-    """Seed Python's ``random``, numpy's global RNG and torch (CPU and all CUDA devices).
-
-    Parameters
-    ----------
-    seed : int
-    deterministic : bool, default False
-        Sets ``torch.use_deterministic_algorithms(deterministic, warn_only=True)``,
-        ``cudnn.deterministic = deterministic`` and ``cudnn.benchmark = False``; with ``True`` it
-        also sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (needed by deterministic cuBLAS) when unset.
-        Deterministic kernels are slower; ops without one warn instead of failing.
-
-    Returns
-    -------
-    int
-        ``seed``.
-    """
-    seed = int(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # (only when the setting changes: the first call costs seconds, it imports torch's compiler stack)
-    if bool(deterministic) != torch.are_deterministic_algorithms_enabled() or (
-        deterministic and not torch.is_deterministic_algorithms_warn_only_enabled()
-    ):
-        torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
-    torch.backends.cudnn.deterministic = bool(deterministic)
-    torch.backends.cudnn.benchmark = False
-    return seed
-
-
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed."""
-    worker_seed = torch.initial_seed() % 2**32
-    np.random.seed(worker_seed)
-    random.seed(worker_seed)
-
-
-# --------------------------------------------------------------------------------------------------
-# distributed
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class DistInfo:
-    """Where this process stands in a (possibly trivial) process group."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    is_main: bool = True
-    enabled: bool = False
-
-
-def get_dist_info() -> DistInfo:
-    """The current process group's :class:`DistInfo` (a single process when none is initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        rank = dist.get_rank()
-        return DistInfo(
-            rank=rank,
-            world_size=dist.get_world_size(),
-            local_rank=_env_int("LOCAL_RANK", rank) or 0,
-            is_main=rank == 0,
-            enabled=dist.get_world_size() > 1,
-        )
-    return DistInfo()
-
-
-def is_main_process() -> bool:
-    """Rank 0 of the process group — or, before the group is started (``train`` starts it), of the
-    ``torchrun`` launch (``RANK``); True for a single process. For "one writer" file output."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return (_env_int("RANK", 0) or 0) == 0
-
-
-def init_distributed(backend: str | None = None) -> DistInfo:
-    """Initialise ``torch.distributed`` from torchrun's environment variables.
-
-    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (as set by
-    ``torchrun`` / ``python -m torch.distributed.run``).  Does nothing when ``WORLD_SIZE`` is unset or
-    1, or when a process group already exists.
-
-    Parameters
-    ----------
-    backend : str, optional
-        Default: ``"nccl"`` when CUDA is available, else ``"gloo"``.  With NCCL the current CUDA
-        device is set to ``LOCAL_RANK``.
-
-    Returns
-    -------
-    DistInfo
-    """
-    if dist.is_available() and dist.is_initialized():
-        return get_dist_info()
-    world = _env_int("WORLD_SIZE", 1) or 1
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
-    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing:
-        raise RuntimeError(
-            f"WORLD_SIZE={world} but {', '.join(missing)} unset: launch with "
-            "`torchrun --nproc_per_node N script.py` (or unset WORLD_SIZE for one process)"
-        )
-    rank = _env_int("RANK")
-    local_rank = _env_int("LOCAL_RANK", rank)
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, is_main=rank == 0, enabled=True)
-
-
-def cleanup_distributed() -> None:
-    """Destroy the process group if one exists (call once, at the end of a torchrun script).
-
-    Every rank waits for the others first: rank 0 hosts the rendezvous store, and a rank that tears its
-    group down while another is still in a collective makes gloo abort ("terminate called without an
-    active exception", seen in CI).
-    """
-    if dist.is_available() and dist.is_initialized():
-        _barrier(get_dist_info())
-        dist.destroy_process_group()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile``."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _comm_device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_reduce_mean(value):
-    """Mean of ``value`` over all ranks (identity without a process group).
-
-    Parameters
-    ----------
-    value : float or torch.Tensor
-        Every rank must call this with the same type and shape (it is a collective).
-
-    Returns
-    -------
-    float or torch.Tensor
-        Same kind as the input (a new tensor on the input's device).
-    """
-    info = get_dist_info()
-    if torch.is_tensor(value):
-        if not info.enabled:
-            return value
-        t = value.detach().clone()
-        if not t.is_floating_point():
-            t = t.double()
-        orig = t.device
-        t = t.to(_comm_device())
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return (t / info.world_size).to(orig)
-    value = float(value)
-    if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / info.world_size
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.enabled:
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
-
-
-# --------------------------------------------------------------------------------------------------
-# batches
-# --------------------------------------------------------------------------------------------------
-def to_device(batch, device: torch.device | str, non_blocking: bool = True):
-    """Recursively move the tensors of a batch to ``device``.
-
-    Dicts (and other mappings), lists, tuples and namedtuples are rebuilt with the same type;
-    anything that is not a tensor (strings, ids, numpy arrays) is returned unchanged.
-    ``non_blocking`` only has an effect for pinned CPU memory going to CUDA.
-    """
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, Mapping):
-        items = {k: to_device(v, device, non_blocking) for k, v in batch.items()}
-        try:
-            return type(batch)(items)
-        except TypeError:
-            return items
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(to_device(v, device, non_blocking) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device, non_blocking) for v in batch)
-    return batch
-
-
-# --------------------------------------------------------------------------------------------------
-# config and history
+# the configuration
 # --------------------------------------------------------------------------------------------------
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
@@ -532,120 +276,9 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-
-
-class CheckpointMismatchError(ValueError):
-    """``checkpoint_dir`` holds a run made with a different configuration."""
-
-
-def _plain(value, where: str):
-    """Convert tensors / numpy values to Python builtins; reject other objects."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if torch.is_tensor(value):
-        return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, where) for v in value]
-    raise TypeError(
-        f"{where}: cannot store a {type(value).__name__} in the history; return numbers, strings, "
-        "lists or dicts of them"
-    )
-
-
-@dataclass
-class History:
-    """What a training run logged.
-
-    Attributes
-    ----------
-    iters : list of dict
-        One record per iteration: ``epoch`` (0-based), ``iter`` (global, 0-based), ``batch`` (index in
-        the epoch), ``lr`` (first parameter group; ``lr_g1``, ``lr_g2`` ... for the others), ``loss``
-        and every other scalar the step function returned - all averaged over ranks under DDP.
-    epochs : list of dict
-        One record per epoch: ``epoch``, ``loss`` and the other scalars' epoch means, ``lr`` at the
-        end, ``seconds``, ``end_iter`` (global iterations done), and the metrics ``eval_fn`` returned
-        (a key clashing with these gets an ``eval_`` prefix).
-    """
-
-    iters: list = field(default_factory=list)
-    epochs: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"iters": [dict(r) for r in self.iters], "epochs": [dict(r) for r in self.epochs]}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "History":
-        return cls(iters=[dict(r) for r in d.get("iters", [])], epochs=[dict(r) for r in d.get("epochs", [])])
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def last(self, key: str):
-        """The latest value of ``key``: from the epoch records if there, else the iteration records."""
-        for records in (self.epochs, self.iters):
-            for r in reversed(records):
-                if key in r:
-                    return r[key]
-        raise KeyError(f"{key!r} was never logged")
-
-    def series(self, key: str, level: str = "iters") -> tuple[np.ndarray, np.ndarray]:
-        """``(x, y)`` arrays of ``key`` per iteration (``x = iter``) or per epoch (``x = end_iter``)."""
-        records = self.iters if level == "iters" else self.epochs
-        xkey = "iter" if level == "iters" else "end_iter"
-        pairs = [(r[xkey], r[key]) for r in records if key in r and isinstance(r[key], (int, float))]
-        if not pairs:
-            return np.zeros(0), np.zeros(0)
-        x, y = zip(*pairs)
-        return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-
-    def plot(self, ax=None, keys: Sequence[str] = ("loss",), smooth: float | None = None):
-        """Plot logged values against the iteration.
-
-        For each key: the raw per-iteration values (faint), an exponential moving average
-        (``smooth`` = EMA weight of the new value; default ``min(1, 20 / n_iters)``), and the epoch
-        values as markers at the end of each epoch (epoch means, or ``eval_fn`` metrics, which exist
-        only per epoch).
-
-        Returns
-        -------
-        matplotlib.axes.Axes
-        """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(7, 3.5))
-        if isinstance(keys, str):
-            keys = (keys,)
-        for i, key in enumerate(keys):
-            color = f"C{i}"
-            x, y = self.series(key, "iters")
-            if x.size:
-                ax.plot(x, y, color=color, alpha=0.25, lw=0.8)
-                a = smooth if smooth is not None else min(1.0, 20.0 / x.size)
-                ema = np.empty_like(y)
-                acc = y[0]
-                for j, v in enumerate(y):
-                    acc = a * v + (1 - a) * acc if j else v
-                    ema[j] = acc
-                ax.plot(x, ema, color=color, lw=1.5, label=f"{key} (smoothed)")
-            ex, ey = self.series(key, "epochs")
-            if ex.size:
-                ax.plot(ex, ey, "o-" if not x.size else "o", color=color, ms=4,
-                        label=f"{key} (epoch)" if x.size else key)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        return ax
-
-
+# --------------------------------------------------------------------------------------------------
+# what callbacks see
+# --------------------------------------------------------------------------------------------------
 @dataclass
 class TrainState:
     """What callbacks see (attributes are live objects, not copies)."""
@@ -665,96 +298,8 @@ class TrainState:
 
 
 # --------------------------------------------------------------------------------------------------
-# building blocks of train()
+# data and callbacks
 # --------------------------------------------------------------------------------------------------
-def _amp_setup(amp, device: torch.device) -> tuple[bool, torch.dtype | None, bool]:
-    """``(enabled, dtype, use_scaler)`` for the autocast context."""
-    if amp == "auto":
-        amp = device.type == "cuda"
-    if amp is False:
-        return False, None, False
-    if amp is True:
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    elif amp == "fp16":
-        dtype = torch.float16
-    elif amp == "bf16":
-        dtype = torch.bfloat16
-    else:
-        raise ValueError(f"bad amp value {amp!r}")
-    return True, dtype, (device.type == "cuda" and dtype == torch.float16)
-
-
-def _build_param_groups(model: nn.Module, cfg: TrainConfig, param_groups) -> list[dict]:
-    if param_groups is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": params}]
-    else:
-        groups = [dict(g) for g in param_groups(model)]
-    out = []
-    seen = set()
-    for i, g in enumerate(groups):
-        if "params" not in g:
-            raise ValueError(f"param_groups()[{i}] has no 'params'")
-        params = [p for p in g["params"] if p.requires_grad]
-        for p in params:
-            if id(p) in seen:
-                raise ValueError(f"a parameter appears in more than one group (group {i})")
-            seen.add(id(p))
-        if not params:
-            continue
-        mult = float(g.pop("lr_mult", 1.0))
-        g["params"] = params
-        g["lr_mult"] = mult
-        g["lr"] = cfg.lr * mult
-        g.setdefault("weight_decay", cfg.weight_decay)
-        out.append(g)
-    if not out:
-        raise ValueError("the model has no trainable parameters")
-    return out
-
-
-def _build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def lr_factor(cfg: TrainConfig, it: int, total: int) -> float:
-    """The LambdaLR factor at (0-based) iteration ``it`` of ``total`` for ``poly`` / ``cosine`` /
-    ``constant`` schedules, warm-up included: ``lr(it) = base_lr × lr_mult × lr_factor(cfg, it, total)``.
-    """
-    t = min(it, total) / max(total, 1)
-    if cfg.schedule == "poly":
-        f = (1.0 - t) ** cfg.poly_power
-    elif cfg.schedule == "cosine":
-        f = 0.5 * (1.0 + math.cos(math.pi * t))
-    elif cfg.schedule == "constant":
-        f = 1.0
-    else:
-        raise ValueError(f"lr_factor() does not cover schedule {cfg.schedule!r}")
-    if cfg.warmup_iters and it < cfg.warmup_iters:
-        f *= 0.1 + 0.9 * it / cfg.warmup_iters
-    return f
-
-
-def _build_scheduler(optimizer, cfg: TrainConfig, total: int):
-    if cfg.schedule == "onecycle":
-        cycle = not (cfg.optimizer == "sgd" and cfg.momentum == 0)
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=total,
-            cycle_momentum=cycle,
-        )
-
-    def factor(it: int) -> float:  # a plain function: LambdaLR does not pickle it (state = counters)
-        return lr_factor(cfg, it, total)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _data_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
 
@@ -784,71 +329,10 @@ def _build_loader(dataset, cfg: TrainConfig, info: DistInfo, device, collate_fn,
         collate_fn=collate_fn,
         pin_memory=device.type == "cuda",
         drop_last=cfg.drop_last,
-        worker_init_fn=_seed_worker if cfg.num_workers > 0 else None,
+        worker_init_fn=seed_worker if cfg.num_workers > 0 else None,
         generator=generator,
     )
     return loader, sampler, generator
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _load(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _config_diff(stored: Mapping, cfg: TrainConfig) -> list[str]:
-    current = cfg.to_dict()
-    diffs = []
-    for key in sorted(set(stored) | set(current)):
-        if key in store.RESUME_TOLERATED_FIELDS:  # fields a checkpoint may differ in from the run resuming it
-            continue
-        a, b = stored.get(key, "<absent>"), current.get(key, "<absent>")
-        if a != b:
-            diffs.append(f"{key}: {a!r} (checkpoint) != {b!r} (now)")
-    return diffs
-
-
-def _scalar(value, key: str) -> float:
-    if torch.is_tensor(value):
-        if value.numel() != 1:
-            raise TypeError(
-                f"step_fn returned {key!r} with shape {tuple(value.shape)}; logged values must be "
-                "scalars (prefix the key with '_' to pass it to callbacks without logging)"
-            )
-        return float(value.detach().float().item())
-    if isinstance(value, (int, float, np.number, np.bool_)):
-        return float(value)
-    raise TypeError(
-        f"step_fn returned {key!r} of type {type(value).__name__}; logged values must be scalars "
-        "(prefix the key with '_' to pass it to callbacks without logging)"
-    )
 
 
 _HOOKS = ("on_train_start", "on_epoch_start", "on_iter_end", "on_epoch_end", "on_train_end")
@@ -862,6 +346,154 @@ def _callback(callbacks, name: str, state: TrainState) -> None:
                 fn(state)
         elif name == "on_epoch_end":
             cb(state)
+
+
+# --------------------------------------------------------------------------------------------------
+# the pieces of train(): set-up, one step, one epoch
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """The objects of one :func:`train` call, built by :func:`_set_up` and shared by its pieces."""
+
+    cfg: TrainConfig
+    device: torch.device
+    info: DistInfo
+    amp_on: bool
+    amp_dtype: torch.dtype | None
+    model: nn.Module  # the plain module: what is saved, what eval_fn sees
+    loader: DataLoader
+    sampler: Any
+    generator: torch.Generator
+    iters_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    ckpt_path: Path | None
+    history: History = field(default_factory=History)  # the resumed one, once train() has looked
+    ddp_model: nn.Module | None = None  # what step_fn gets: model, or its DDP wrapper (set by train())
+
+
+def _set_up(model, dataset, cfg: TrainConfig, collate_fn, param_groups, sampler) -> _Run:
+    """Device, process group, seeds, AMP, the model on its device, the DataLoader, optimizer, scheduler and
+    scaler - in this order (the RNG draws of a run depend on it)."""
+    device = select_device(cfg.device)
+    info = init_distributed(backend="nccl" if device.type == "cuda" else "gloo")
+    seed_everything(cfg.seed + info.rank, cfg.deterministic)
+    amp_on, amp_dtype, use_scaler = amp_setup(cfg.amp, device)
+
+    model = unwrap(model)
+    model.to(device)
+
+    loader, sampler, generator = _build_loader(dataset, cfg, info, device, collate_fn, sampler)
+    n_batches = len(loader)
+    if n_batches == 0:
+        raise ValueError(
+            f"{cfg.desc}: the DataLoader yields no batch (dataset of {len(dataset)} samples, "
+            f"batch_size={cfg.batch_size} per process, world_size={info.world_size}, "
+            f"drop_last={cfg.drop_last})"
+        )
+    iters_per_epoch = min(n_batches, cfg.max_iters_per_epoch or n_batches)
+    total_iters = cfg.epochs * iters_per_epoch
+
+    optimizer = build_optimizer(build_param_groups(model, cfg, param_groups), cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_iters)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    return _Run(
+        cfg=cfg, device=device, info=info, amp_on=amp_on, amp_dtype=amp_dtype, model=model, loader=loader,
+        sampler=sampler, generator=generator, iters_per_epoch=iters_per_epoch, optimizer=optimizer,
+        scheduler=scheduler, scaler=scaler, ckpt_path=checkpoints.checkpoint_path(cfg),
+    )
+
+
+def _wrap_ddp(run: _Run) -> nn.Module:
+    """``run.model`` in ``DistributedDataParallel`` under torchrun, else itself."""
+    if not run.info.enabled:
+        return run.model
+    return nn.parallel.DistributedDataParallel(
+        run.model,
+        device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        find_unused_parameters=run.cfg.find_unused_parameters,
+    )
+
+
+def _step(run: _Run, step_fn, batch, epoch: int, b: int, global_iter: int, bar) -> tuple[Mapping, dict, list]:
+    """One optimisation step on ``batch``: ``step_fn`` under autocast, the logged values (a non-finite
+    loss stops the run before any update), backward through the scaler, optional gradient clipping,
+    optimizer and scheduler steps. Returns ``(step_fn's output, logged values, lrs used)``."""
+    cfg, optimizer, scaler = run.cfg, run.optimizer, run.scaler
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_on):
+        out = step_fn(run.ddp_model, batch, run.device)
+    if not isinstance(out, Mapping) or "loss" not in out:
+        raise TypeError(f"{cfg.desc}: step_fn must return a dict with a 'loss' entry")
+    loss = out["loss"]
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        raise TypeError(f"{cfg.desc}: step_fn's 'loss' must be a scalar tensor")
+    logs = logged_values(out, run.info)
+    if not math.isfinite(logs["loss"]):
+        if bar is not None:
+            bar.close()
+        raise FloatingPointError(
+            f"{cfg.desc}: non-finite loss ({logs['loss']}) at epoch {epoch} (0-based), "
+            f"iteration {b} of the epoch (global iteration {global_iter}); lower the lr, set "
+            "grad_clip, or check the inputs / labels (and amp)"
+        )
+    scaler.scale(loss).backward()
+    if cfg.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(run.ddp_model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    run.scheduler.step()
+    return out, logs, lrs
+
+
+def _epoch_steps(run: _Run, state: TrainState, step_fn, callbacks: list, epoch: int, bar) -> dict[str, float]:
+    """The steps of one epoch, each logged in the history, ``on_iter_end`` after each; returns the sums
+    of the logged values."""
+    sums: dict[str, float] = {}
+    data_iter = iter(run.loader)
+    for b in range(run.iters_per_epoch):
+        batch = next(data_iter)
+        global_iter = epoch * run.iters_per_epoch + b
+        out, logs, lrs = _step(run, step_fn, batch, epoch, b, global_iter, bar)
+        run.history.iters.append(iter_record(epoch, global_iter, b, lrs, logs))
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v
+        state.iteration = global_iter
+        state.outputs = dict(out)
+        _callback(callbacks, "on_iter_end", state)
+        bar_step(bar, sums["loss"] / (b + 1), lrs[0])
+    del data_iter
+    return sums
+
+
+def _epoch(run: _Run, state: TrainState, step_fn, eval_fn, callbacks: list, epoch: int) -> None:
+    """One epoch: the data order of ``(seed, epoch)``, ``on_epoch_start``, the steps, the epoch record
+    (with ``eval_fn``'s metrics), the checkpoint, then ``on_epoch_end``."""
+    cfg = run.cfg
+    state.epoch = epoch
+    run.ddp_model.train()
+    run.generator.manual_seed(_data_seed(cfg.seed, epoch))
+    if hasattr(run.sampler, "set_epoch"):
+        run.sampler.set_epoch(epoch)
+    _callback(callbacks, "on_epoch_start", state)
+    bar = progress_bar(cfg.progress and run.info.is_main, run.iters_per_epoch,
+                       f"{cfg.desc} {epoch + 1}/{cfg.epochs}")
+    t0 = time.perf_counter()
+    sums = _epoch_steps(run, state, step_fn, callbacks, epoch, bar)
+
+    lr, seconds = run.history.iters[-1]["lr"], time.perf_counter() - t0
+    metrics = (eval_fn(run.model, epoch) or {}) if eval_fn is not None else {}
+    record = epoch_record(epoch, sums, run.iters_per_epoch, lr, seconds, metrics)
+    run.history.epochs.append(record)
+    bar_end(bar, record)
+
+    if run.ckpt_path is not None:
+        checkpoints.save(run.ckpt_path, cfg, run.info, model=run.model, optimizer=run.optimizer,
+                         scheduler=run.scheduler, scaler=run.scaler, history=run.history, epoch=epoch)
+    _callback(callbacks, "on_epoch_end", state)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -938,327 +570,21 @@ def train(
         cfg = TrainConfig.from_dict(cfg)
     callbacks = list(callbacks or [])
 
-    device = select_device(cfg.device)
-    info = init_distributed(backend="nccl" if device.type == "cuda" else "gloo")
-    seed_everything(cfg.seed + info.rank, cfg.deterministic)
-    amp_on, amp_dtype, use_scaler = _amp_setup(cfg.amp, device)
+    run = _set_up(model, dataset, cfg, collate_fn, param_groups, sampler)
+    run.history, start_epoch = checkpoints.resume(
+        run.ckpt_path, cfg, run.info,
+        model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
+    )
+    if start_epoch >= cfg.epochs:  # a finished run: its weights are in model now
+        return run.history
 
-    model = unwrap(model)
-    model.to(device)
-
-    loader, sampler, generator = _build_loader(dataset, cfg, info, device, collate_fn, sampler)
-    n_batches = len(loader)
-    if n_batches == 0:
-        raise ValueError(
-            f"{cfg.desc}: the DataLoader yields no batch (dataset of {len(dataset)} samples, "
-            f"batch_size={cfg.batch_size} per process, world_size={info.world_size}, "
-            f"drop_last={cfg.drop_last})"
-        )
-    iters_per_epoch = min(n_batches, cfg.max_iters_per_epoch or n_batches)
-    total_iters = cfg.epochs * iters_per_epoch
-
-    optimizer = _build_optimizer(_build_param_groups(model, cfg, param_groups), cfg)
-    scheduler = _build_scheduler(optimizer, cfg, total_iters)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    history = History()
-    start_epoch = 0
-
-    ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
-    found = bool(cfg.resume and ckpt_path is not None and ckpt_path.is_file())
-    _barrier(info)  # every rank has looked for the checkpoint before rank 0 may write one
-    if found:
-        ckpt = _load(ckpt_path)
-        diffs = _config_diff(ckpt.get("cfg", {}), cfg)
-        if ckpt.get("world_size", 1) != info.world_size:
-            diffs.append(f"world_size: {ckpt.get('world_size', 1)} (checkpoint) != {info.world_size} (now)")
-        if ckpt.get("version", 1) != _CHECKPOINT_VERSION:
-            diffs.insert(0, f"checkpoint format version: {ckpt.get('version', 1)!r} (checkpoint) != "
-                            f"{_CHECKPOINT_VERSION} (this engine)")
-        if diffs:  # one line: the file, what differs, what to do
-            raise CheckpointMismatchError(
-                f"{cfg.desc}: {ckpt_path} was written by a run with a different configuration: "
-                + "; ".join(diffs)
-                + f". Delete {cfg.checkpoint_dir}, choose another checkpoint_dir, or pass "
-                "resume=False to start afresh (the checkpoint will be overwritten)."
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-        history = History.from_dict(ckpt["history"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        rng = ckpt.get("rng") or []
-        if len(rng) == info.world_size:
-            _set_rng_state(rng[info.rank])
-        del ckpt
-        if start_epoch >= cfg.epochs:
-            return history
-
-    ddp_model: nn.Module = model
-    if info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters,
-        )
-
+    run.ddp_model = _wrap_ddp(run)
     state = TrainState(
-        model=ddp_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg,
-        device=device, dist=info, history=history, iters_per_epoch=iters_per_epoch,
+        model=run.ddp_model, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler, cfg=cfg,
+        device=run.device, dist=run.info, history=run.history, iters_per_epoch=run.iters_per_epoch,
     )
     _callback(callbacks, "on_train_start", state)
-    show = cfg.progress and info.is_main
-    if show:
-        from tqdm.auto import tqdm
-
     for epoch in range(start_epoch, cfg.epochs):
-        state.epoch = epoch
-        ddp_model.train()
-        generator.manual_seed(_data_seed(cfg.seed, epoch))
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        _callback(callbacks, "on_epoch_start", state)
-        bar = (
-            tqdm(total=iters_per_epoch, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}", leave=True)
-            if show
-            else None
-        )
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        data_iter = iter(loader)
-        for b in range(iters_per_epoch):
-            batch = next(data_iter)
-            global_iter = epoch * iters_per_epoch + b
-            lrs = [g["lr"] for g in optimizer.param_groups]
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_on):
-                out = step_fn(ddp_model, batch, device)
-            if not isinstance(out, Mapping) or "loss" not in out:
-                raise TypeError(f"{cfg.desc}: step_fn must return a dict with a 'loss' entry")
-            loss = out["loss"]
-            if not torch.is_tensor(loss) or loss.numel() != 1:
-                raise TypeError(f"{cfg.desc}: step_fn's 'loss' must be a scalar tensor")
-            keys = ["loss"] + sorted(k for k in out if k != "loss" and not str(k).startswith("_"))
-            values = [_scalar(out[k], k) for k in keys]
-            if info.enabled:  # one collective: rank means of all logged values (and the NaN check)
-                t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
-                values = (t / info.world_size).tolist()
-            logs = dict(zip(keys, values))
-            if not math.isfinite(logs["loss"]):
-                if bar is not None:
-                    bar.close()
-                raise FloatingPointError(
-                    f"{cfg.desc}: non-finite loss ({logs['loss']}) at epoch {epoch} (0-based), "
-                    f"iteration {b} of the epoch (global iteration {global_iter}); lower the lr, set "
-                    "grad_clip, or check the inputs / labels (and amp)"
-                )
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-
-            record = {"epoch": epoch, "iter": global_iter, "batch": b, "lr": lrs[0]}
-            for gi, lr in enumerate(lrs[1:], start=1):
-                record[f"lr_g{gi}"] = lr
-            record.update(logs)
-            history.iters.append(record)
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            state.iteration = global_iter
-            state.outputs = dict(out)
-            _callback(callbacks, "on_iter_end", state)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / (b + 1):.4f}", lr=f"{lrs[0]:.2e}", refresh=False)
-        del data_iter
-
-        epoch_rec = {"epoch": epoch}
-        epoch_rec.update({k: v / iters_per_epoch for k, v in sums.items()})
-        epoch_rec["lr"] = history.iters[-1]["lr"]
-        epoch_rec["seconds"] = time.perf_counter() - t0
-        epoch_rec["end_iter"] = (epoch + 1) * iters_per_epoch
-        if eval_fn is not None:
-            metrics = eval_fn(model, epoch) or {}
-            for k, v in metrics.items():
-                k = str(k)
-                epoch_rec[f"eval_{k}" if k in epoch_rec else k] = _plain(v, f"eval_fn()[{k!r}]")
-        history.epochs.append(epoch_rec)
-        if bar is not None:
-            bar.set_postfix(
-                {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in epoch_rec.items()
-                 if k not in ("epoch", "end_iter", "seconds", "lr")},
-                refresh=True,
-            )
-            bar.close()
-
-        if ckpt_path is not None:
-            rng = _rng_state()
-            if info.enabled:
-                gathered: list = [None] * info.world_size
-                dist.all_gather_object(gathered, rng)
-            else:
-                gathered = [rng]
-            if info.is_main:
-                _atomic_save(
-                    {
-                        "version": _CHECKPOINT_VERSION,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "epoch": epoch,
-                        "finished": epoch + 1 >= cfg.epochs,
-                        "history": history.to_dict(),
-                        "cfg": cfg.to_dict(),
-                        "world_size": info.world_size,
-                        "rng": gathered,
-                    },
-                    ckpt_path,
-                )
-        _callback(callbacks, "on_epoch_end", state)
-
+        _epoch(run, state, step_fn, eval_fn, callbacks, epoch)
     _callback(callbacks, "on_train_end", state)
-    return history
-
-
-# --------------------------------------------------------------------------------------------------
-# reuse and inference
-# --------------------------------------------------------------------------------------------------
-def is_finished(checkpoint_dir) -> bool:
-    """Whether ``checkpoint_dir`` holds a finished training (``last.pt`` with ``finished``): :func:`train`
-    would reload it instead of training. A missing or unreadable file is not finished (``train`` says why)."""
-    p = Path(checkpoint_dir) / CHECKPOINT_NAME
-    if not p.is_file():
-        return False
-    try:
-        return bool(torch.load(p, map_location="cpu", weights_only=False).get("finished"))
-    except Exception:  # noqa: BLE001 - a broken file is retrained
-        return False
-
-
-def load_checkpoint_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
-    """Load weights into ``model`` from a :func:`train` checkpoint or a bare ``state_dict`` file.
-
-    A ``"model"`` entry is used when present; a ``module.`` prefix (saved from a DDP model) is
-    stripped.  Loaded on the CPU with ``weights_only=True``, then copied into ``model``'s tensors.
-
-    Returns
-    -------
-    nn.Module
-        ``model`` (the unwrapped module), for chaining.
-    """
-    obj = _load(path)
-    state = obj["model"] if isinstance(obj, Mapping) and "model" in obj else obj
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds no state_dict")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    target = unwrap(model)
-    target.load_state_dict(state, strict=strict)
-    return target
-
-
-class _ShardSampler(Sampler):
-    """Indices ``rank, rank + W, rank + 2W, ...`` - every sample exactly once over all ranks."""
-
-    def __init__(self, n: int, rank: int, world_size: int):
-        self.indices = list(range(rank, n, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    dataset: Dataset,
-    fn: Callable[[nn.Module, Any, torch.device], Any],
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    collate_fn: Callable | None = None,
-    progress: bool = True,
-    num_workers: int = 0,
-    desc: str = "predict",
-    shard: bool = True,
-) -> list:
-    """Run ``fn(model, batch, device)`` over a data set in order, without gradients, in eval mode.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Put in eval mode for the call (its previous mode is restored afterwards).
-    dataset : Dataset
-    fn : callable ``(model, batch, device) -> Any``
-        Moves the batch (:func:`to_device`) and returns whatever is wanted (predictions, metrics
-        updates, ...).
-    batch_size : int, default 16
-    device : str or torch.device, optional
-        ``None``: the device the model's parameters are on.  Otherwise :func:`select_device` and the
-        model is moved there.
-    collate_fn : callable, optional
-    progress : bool, default True
-        tqdm bar (main rank only).
-    num_workers : int, default 0
-    shard : bool, default True
-        Under torchrun, split the data across ranks (every rank must call). ``False``: the calling
-        rank processes the whole data set (evaluation done on rank 0 only).
-
-    Returns
-    -------
-    list
-        One ``fn`` result per batch.  Single process: in data-set order.  Under torchrun each rank
-        processes only its share - samples ``rank, rank + W, ...`` (no padding duplicates, unlike
-        ``DistributedSampler``) - and returns only its own results; reduce metrics across ranks
-        (e.g. :meth:`ConfusionMatrix.reduce_from_all_processes`) or gather them yourself.
-    """
-    model = unwrap(model)
-    if device is None:
-        device = _model_device(model)
-    else:
-        device = select_device(device)
-        model.to(device)
-    info = get_dist_info()
-    sampler = _ShardSampler(len(dataset), info.rank, info.world_size) if info.enabled and shard else None
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=device.type == "cuda",
-        drop_last=False,
-        # an own generator: a DataLoader otherwise draws its base seed from the global RNG, so that an
-        # evaluation between epochs would change the training run's augmentation and dropout draws
-        generator=torch.Generator().manual_seed(0),
-    )
-    was_training = model.training
-    model.eval()
-    results = []
-    try:
-        iterator = loader
-        if progress and info.is_main:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(loader, desc=desc, leave=False)
-        for batch in iterator:
-            results.append(fn(model, batch, device))
-    finally:
-        model.train(was_training)
-    return results
+    return run.history
