@@ -10,6 +10,8 @@ torch tensors on any device.
 
 Contents
 --------
+Here (label-map measures):
+
 :class:`ConfusionMatrix`
     The segmentation workhorse (torchvision-references contract): mIoU, per-class IoU, pixel accuracy,
     precision / recall, class-aware foreground precision / recall; ``reduce_from_all_processes`` for DDP.
@@ -20,12 +22,17 @@ Contents
 :class:`ConfusionRatio`, :func:`background_leak`
     EPS's confusion ratio ``m_{k,c} / t_c`` (Lee et al., CVPR 2021) and the share of a context region
     (water, rails) that is labelled as its co-occurring class.
+
+In :mod:`wsss_core.metrics_extra` (re-exported here, so ``wsss_core.metrics.<name>`` keeps working):
+
 :func:`average_precision`, :func:`mean_average_precision`
     Multi-label classification quality (non-interpolated AP, as scikit-learn computes it).
 :func:`saliency_mae`, :func:`saliency_f_measure`, :class:`SaliencyStats`
     Salient-object-detection measures for the saliency maps EPS consumes.
 :func:`boundary_prf`, :func:`boundary_f_score`
     Boundary precision / recall / F within a pixel tolerance.
+
+The shared input checks and NaN-safe arithmetic live in :mod:`wsss_core.metrics_common`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from .metrics_common import IGNORE_INDEX, check_integer, check_same_shape, nanmean, safe_div, to_numpy
+# AP, saliency and boundary measures live in metrics_extra; re-exported so that every
+# ``wsss_core.metrics.<name>`` (lessons, tests, grading paths) keeps naming the same object
+from .metrics_extra import (SaliencyStats, average_precision, boundary_f_score,  # noqa: F401
+                            boundary_prf, mean_average_precision, saliency_f_measure, saliency_mae)
 
 __all__ = [
     "ConfusionMatrix",
@@ -51,51 +64,6 @@ __all__ = [
     "boundary_prf",
     "boundary_f_score",
 ]
-
-IGNORE_INDEX = 255
-
-
-# --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
-def _to_numpy(x) -> np.ndarray:
-    """Return ``x`` as a numpy array (tensors are detached and copied to the CPU)."""
-    if torch.is_tensor(x):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _check_same_shape(*arrays, names: Sequence[str]) -> None:
-    shapes = [tuple(a.shape) for a in arrays]
-    if any(s != shapes[0] for s in shapes[1:]):
-        desc = ", ".join(f"{n}{s}" for n, s in zip(names, shapes))
-        raise ValueError(f"shape mismatch: {desc}")
-
-
-def _check_integer(a, name: str) -> None:
-    dtype = a.dtype
-    if torch.is_tensor(a):
-        ok = not (dtype.is_floating_point or dtype.is_complex)
-    else:
-        ok = np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)
-    if not ok:
-        raise TypeError(f"{name} must hold integer labels, got dtype {dtype}")
-
-
-def _safe_div(num, den):
-    """Elementwise ``num / den`` with ``nan`` where ``den == 0`` (float64)."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    out = np.full(np.broadcast(num, den).shape, np.nan, dtype=np.float64)
-    np.divide(num, den, out=out, where=den != 0)
-    return out if out.ndim else float(out)
-
-
-def _nanmean(x) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0 or np.all(np.isnan(x)):
-        return float("nan")
-    return float(np.nanmean(x))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,9 +139,9 @@ class ConfusionMatrix:
             device = pred.device if torch.is_tensor(pred) else target.device
             p = pred if torch.is_tensor(pred) else torch.as_tensor(np.asarray(pred), device=device)
             t = target if torch.is_tensor(target) else torch.as_tensor(np.asarray(target), device=device)
-            _check_same_shape(p, t, names=("pred", "target"))
-            _check_integer(p, "pred")
-            _check_integer(t, "target")
+            check_same_shape(p, t, names=("pred", "target"))
+            check_integer(p, "pred")
+            check_integer(t, "target")
             p = p.to(device).reshape(-1).long()
             t = t.to(device).reshape(-1).long()
             keep = t != self.ignore_index
@@ -184,9 +152,9 @@ class ConfusionMatrix:
             counts = counts.cpu().numpy().astype(np.int64)
         else:
             p, t = np.asarray(pred), np.asarray(target)
-            _check_same_shape(p, t, names=("pred", "target"))
-            _check_integer(p, "pred")
-            _check_integer(t, "target")
+            check_same_shape(p, t, names=("pred", "target"))
+            check_integer(p, "pred")
+            check_integer(t, "target")
             p = p.reshape(-1).astype(np.int64)
             t = t.reshape(-1).astype(np.int64)
             keep = t != self.ignore_index
@@ -255,31 +223,31 @@ class ConfusionMatrix:
     def iou(self) -> np.ndarray:
         """Per-class IoU ``TP / (G + P - TP)``, ``(num_classes,)`` float64, ``nan`` for absent classes."""
         tp = np.diag(self.mat)
-        return _safe_div(tp, self.mat.sum(1) + self.mat.sum(0) - tp)
+        return safe_div(tp, self.mat.sum(1) + self.mat.sum(0) - tp)
 
     def miou(self) -> float:
         """Mean IoU over the classes present in ground truth or prediction (``nanmean``)."""
-        return _nanmean(self.iou())
+        return nanmean(self.iou())
 
     def pixel_accuracy(self) -> float:
         """``Σ_c TP_c / Σ M`` (``nan`` on an empty matrix)."""
-        return float(_safe_div(np.trace(self.mat), self.mat.sum()))
+        return float(safe_div(np.trace(self.mat), self.mat.sum()))
 
     def precision(self) -> np.ndarray:
         """Per-class precision ``TP_c / P_c`` (column sums), ``nan`` where never predicted."""
-        return _safe_div(np.diag(self.mat), self.mat.sum(0))
+        return safe_div(np.diag(self.mat), self.mat.sum(0))
 
     def recall(self) -> np.ndarray:
         """Per-class recall ``TP_c / G_c`` (row sums), ``nan`` where absent from the ground truth."""
-        return _safe_div(np.diag(self.mat), self.mat.sum(1))
+        return safe_div(np.diag(self.mat), self.mat.sum(1))
 
     def fg_precision(self) -> float:
         """Class-aware foreground precision ``Σ_{c≥1} TP_c / Σ_{c≥1} P_c``."""
-        return float(_safe_div(np.diag(self.mat)[1:].sum(), self.mat.sum(0)[1:].sum()))
+        return float(safe_div(np.diag(self.mat)[1:].sum(), self.mat.sum(0)[1:].sum()))
 
     def fg_recall(self) -> float:
         """Class-aware foreground recall ``Σ_{c≥1} TP_c / Σ_{c≥1} G_c``."""
-        return float(_safe_div(np.diag(self.mat)[1:].sum(), self.mat.sum(1)[1:].sum()))
+        return float(safe_div(np.diag(self.mat)[1:].sum(), self.mat.sum(1)[1:].sum()))
 
     def _names(self, class_names: Sequence[str] | None) -> list[str]:
         if class_names is None:
@@ -323,7 +291,7 @@ class ConfusionMatrix:
                 f"| {int(gt[i])} |"
             )
         lines.append(
-            f"| **mean** | **{fmt(self.miou())}** | {fmt(_nanmean(prec))} | {fmt(_nanmean(rec))} "
+            f"| **mean** | **{fmt(self.miou())}** | {fmt(nanmean(prec))} | {fmt(nanmean(rec))} "
             f"| {int(gt.sum())} |"
         )
         return "\n".join(lines)
@@ -368,8 +336,8 @@ def miou(
 # region recall (part vs body)
 # --------------------------------------------------------------------------------------------------
 def _region_counts(pred, gt, region_mask, ignore_index: int) -> tuple[int, int]:
-    p, g, r = _to_numpy(pred), _to_numpy(gt), _to_numpy(region_mask).astype(bool)
-    _check_same_shape(p, g, r, names=("pred", "gt", "region_mask"))
+    p, g, r = to_numpy(pred), to_numpy(gt), to_numpy(region_mask).astype(bool)
+    check_same_shape(p, g, r, names=("pred", "gt", "region_mask"))
     den = r & (g >= 1) & (g != ignore_index)
     num = den & (p == g)
     return int(num.sum()), int(den.sum())
@@ -395,7 +363,7 @@ def region_recall(pred, gt, region_mask, ignore_index: int = IGNORE_INDEX) -> fl
         The recall, ``nan`` if the region holds no foreground pixel.
     """
     num, den = _region_counts(pred, gt, region_mask, ignore_index)
-    return float(_safe_div(num, den))
+    return float(safe_div(num, den))
 
 
 class RegionStats:
@@ -422,7 +390,7 @@ class RegionStats:
     @property
     def value(self) -> float:
         """Pooled recall ``num / den`` (``nan`` if ``den == 0``)."""
-        return float(_safe_div(self.num, self.den))
+        return float(safe_div(self.num, self.den))
 
     def reset(self) -> None:
         self.num = self.den = 0
@@ -435,8 +403,8 @@ class RegionStats:
 # EPS confusion ratio
 # --------------------------------------------------------------------------------------------------
 def _bg_leak_counts(pred, gt, context_mask, ignore_index: int) -> tuple[int, int]:
-    p, g, k = _to_numpy(pred), _to_numpy(gt), _to_numpy(context_mask)
-    _check_same_shape(p, g, k, names=("pred", "gt", "context_mask"))
+    p, g, k = to_numpy(pred), to_numpy(gt), to_numpy(context_mask)
+    check_same_shape(p, g, k, names=("pred", "gt", "context_mask"))
     region = (g == 0) & (k == 0)
     fg = (p >= 1) & (p != ignore_index)
     return int((region & fg).sum()), int(region.sum())
@@ -460,7 +428,7 @@ def background_leak(pred, gt, context_mask, ignore_index: int = IGNORE_INDEX) ->
         ``nan`` if there is no ordinary background pixel.
     """
     num, den = _bg_leak_counts(pred, gt, context_mask, ignore_index)
-    return float(_safe_div(num, den))
+    return float(safe_div(num, den))
 
 
 class ConfusionRatio:
@@ -520,8 +488,8 @@ class ConfusionRatio:
             ``{name: (c, k)}`` - target class index ``c`` (in label space, ``1..C``) and context id
             ``k``.  A name's pair must not change between calls.
         """
-        p, g, k = _to_numpy(pred), _to_numpy(gt), _to_numpy(context_mask)
-        _check_same_shape(p, g, k, names=("pred", "gt", "context_mask"))
+        p, g, k = to_numpy(pred), to_numpy(gt), to_numpy(context_mask)
+        check_same_shape(p, g, k, names=("pred", "gt", "context_mask"))
         valid = g != self.ignore_index
         for name, (c, kid) in pairs.items():
             c, kid = int(c), int(kid)
@@ -540,15 +508,15 @@ class ConfusionRatio:
 
     def ratios(self) -> dict[str, float]:
         """``{name: m_{k,c} / t_c}`` (``nan`` if ``t_c == 0``)."""
-        return {n: float(_safe_div(self.m[n], self.t[n])) for n in self.pairs}
+        return {n: float(safe_div(self.m[n], self.t[n])) for n in self.pairs}
 
     def leak(self) -> dict[str, float]:
         """``{name: m_{k,c} / |region k|}`` (``nan`` if the region never occurred)."""
-        return {n: float(_safe_div(self.m[n], self.region[n])) for n in self.pairs}
+        return {n: float(safe_div(self.m[n], self.region[n])) for n in self.pairs}
 
     def background_leak(self) -> float:
         """Pooled :func:`background_leak` over the images seen."""
-        return float(_safe_div(self.bg_num, self.bg_den))
+        return float(safe_div(self.bg_num, self.bg_den))
 
     def summary(self) -> dict:
         """``{"confusion_ratio": {...}, "context_leak": {...}, "background_leak": float}``."""
@@ -560,309 +528,3 @@ class ConfusionRatio:
 
     def reset(self) -> None:
         self.__init__(self.ignore_index)
-
-
-# --------------------------------------------------------------------------------------------------
-# average precision
-# --------------------------------------------------------------------------------------------------
-def average_precision(scores, targets) -> float:
-    """Non-interpolated average precision of one class (scikit-learn's ``average_precision_score``).
-
-    ``AP = Σ_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds in decreasing order, where
-    ``P_n`` / ``R_n`` are precision / recall of "score ≥ threshold_n".  Without ties this is the mean
-    of the precision at the rank of each positive.  Tied scores form a single threshold (all tied
-    items enter together), so the result does not depend on the input order - deterministic.
-
-    Parameters
-    ----------
-    scores : (N,) float
-        Classifier scores (any monotone scale: logits or probabilities).
-    targets : (N,) {0, 1}
-        Ground-truth presence.
-
-    Returns
-    -------
-    float
-        AP in [0, 1]; ``nan`` if there is no positive.
-
-    Examples
-    --------
-    >>> average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0])  # (1 + 2/3) / 2
-    0.8333333333333333
-    """
-    s = _to_numpy(scores).astype(np.float64).reshape(-1)
-    y = _to_numpy(targets).reshape(-1)
-    _check_same_shape(s, y, names=("scores", "targets"))
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError("targets must be 0/1")
-    y = y.astype(np.int64)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    if np.isnan(s).any():
-        raise ValueError("scores contain nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    # last index of each group of equal scores = one threshold
-    ends = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tps = np.cumsum(y)[ends]
-    fps = (ends + 1) - tps
-    precision = tps / (tps + fps)
-    recall = tps / n_pos
-    d_recall = np.diff(np.r_[0.0, recall])
-    return float(np.sum(d_recall * precision))
-
-
-def mean_average_precision(scores, targets) -> tuple[float, np.ndarray]:
-    """Mean of per-class :func:`average_precision` over classes with at least one positive.
-
-    Parameters
-    ----------
-    scores : (N, C) float
-    targets : (N, C) {0, 1}
-        Multi-hot image labels (foreground classes only, as the classifier predicts them).
-
-    Returns
-    -------
-    map : float
-        Mean AP over classes with a positive (``nan`` if none has one).
-    ap : (C,) float64
-        Per-class AP, ``nan`` for classes without positives.
-    """
-    s, y = _to_numpy(scores), _to_numpy(targets)
-    if s.ndim != 2:
-        raise ValueError(f"scores must be (N, C), got shape {s.shape}")
-    _check_same_shape(s, y, names=("scores", "targets"))
-    ap = np.array([average_precision(s[:, c], y[:, c]) for c in range(s.shape[1])], dtype=np.float64)
-    return _nanmean(ap), ap
-
-
-# --------------------------------------------------------------------------------------------------
-# saliency measures
-# --------------------------------------------------------------------------------------------------
-def _saliency_inputs(pred, gt_fg) -> tuple[np.ndarray, np.ndarray]:
-    p = _to_numpy(pred)
-    g = _to_numpy(gt_fg)
-    _check_same_shape(p, g, names=("pred", "gt_fg"))
-    if p.dtype == np.uint8:
-        p = p.astype(np.float64) / 255.0
-    else:
-        p = p.astype(np.float64)
-        if p.size and (p.min() < 0 or p.max() > 1):
-            raise ValueError("saliency pred must be uint8 (0..255) or float in [0, 1]")
-    if g.dtype == np.bool_:
-        gb = g
-    elif np.issubdtype(g.dtype, np.integer):
-        gb = g > 0
-    else:
-        gb = g >= 0.5
-    return p, gb
-
-
-def saliency_mae(pred, gt_fg) -> float:
-    """Mean absolute error between a saliency map and a binary foreground mask.
-
-    ``MAE = 1/(HW) Σ_x |S(x) - G(x)|`` (Perazzi et al., CVPR 2012), with ``S`` in [0, 1].
-
-    Parameters
-    ----------
-    pred : (H, W) float in [0, 1] or uint8 in 0..255
-        Saliency map.
-    gt_fg : (H, W) bool / int (> 0 = foreground) / float (≥ 0.5 = foreground)
-        Ground-truth salient (foreground) mask.
-    """
-    p, g = _saliency_inputs(pred, gt_fg)
-    if p.size == 0:
-        return float("nan")
-    return float(np.abs(p - g).mean())
-
-
-def _pr_curves(pred, gt_fg, thresholds: int) -> tuple[np.ndarray, np.ndarray]:
-    """Precision and recall of ``S ≥ τ_i``, ``τ_i = i / (T-1)``, ``i = 0..T-1``."""
-    if thresholds < 2:
-        raise ValueError("thresholds must be >= 2")
-    p, g = _saliency_inputs(pred, gt_fg)
-    levels = thresholds - 1
-    # level q(x) = floor(S(x) * (T-1)) so that S ≥ i/(T-1)  <=>  q ≥ i  (small eps against round-off)
-    q = np.clip(np.floor(p * levels + 1e-9), 0, levels).astype(np.int64)
-    hist_fg = np.bincount(q[g], minlength=thresholds)
-    hist_bg = np.bincount(q[~g], minlength=thresholds)
-    tp = np.cumsum(hist_fg[::-1])[::-1].astype(np.float64)  # tp[i] = #{fg : q ≥ i}
-    fp = np.cumsum(hist_bg[::-1])[::-1].astype(np.float64)
-    predicted = tp + fp
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    n_fg = float(g.sum())
-    recall = tp / n_fg if n_fg > 0 else np.zeros_like(tp)
-    return precision, recall
-
-
-def _f_from_pr(precision, recall, beta2: float) -> np.ndarray:
-    num = (1 + beta2) * precision * recall
-    den = beta2 * precision + recall
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-
-def saliency_f_measure(pred, gt_fg, beta2: float = 0.3, thresholds: int = 256) -> tuple[float, float]:
-    """F-measure curve of a saliency map over thresholds: ``(max F, mean F)``.
-
-    ``F_β = (1 + β²) P R / (β² P + R)`` with ``β² = 0.3`` (Achanta et al., CVPR 2009), where ``P``,
-    ``R`` are precision / recall of the binary map ``S ≥ τ`` for ``thresholds`` equally spaced
-    ``τ ∈ {0, 1/(T-1), ..., 1}`` (the usual 256 levels of a uint8 map).  Precision of an empty
-    prediction and recall of an empty ground truth count as 0.  Over a data set use
-    :class:`SaliencyStats`, which averages the P and R curves over images before forming F (the
-    common SOD-benchmark protocol).
-
-    Parameters
-    ----------
-    pred : (H, W) float in [0, 1] or uint8
-    gt_fg : (H, W) bool / int / float, see :func:`saliency_mae`
-    beta2 : float, default 0.3
-    thresholds : int, default 256
-
-    Returns
-    -------
-    (float, float)
-        Maximum and mean of the F curve.
-    """
-    precision, recall = _pr_curves(pred, gt_fg, thresholds)
-    f = _f_from_pr(precision, recall, beta2)
-    return float(f.max()), float(f.mean())
-
-
-class SaliencyStats:
-    """Accumulator for saliency quality over a data set: MAE, max F, mean F.
-
-    MAE is the mean of per-image MAEs; the F curve is computed from the mean precision and mean
-    recall curves over images (as PySODMetrics / the SOD benchmarks do).
-    """
-
-    def __init__(self, beta2: float = 0.3, thresholds: int = 256):
-        self.beta2 = float(beta2)
-        self.thresholds = int(thresholds)
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.mae_sum = 0.0
-        self.precision_sum = np.zeros(self.thresholds, dtype=np.float64)
-        self.recall_sum = np.zeros(self.thresholds, dtype=np.float64)
-
-    def update(self, pred, gt_fg) -> "SaliencyStats":
-        """Add one ``(H, W)`` saliency map and its foreground mask."""
-        self.mae_sum += saliency_mae(pred, gt_fg)
-        precision, recall = _pr_curves(pred, gt_fg, self.thresholds)
-        self.precision_sum += precision
-        self.recall_sum += recall
-        self.n += 1
-        return self
-
-    def f_curve(self) -> np.ndarray:
-        """``(thresholds,)`` F-measure per threshold from the mean P / R curves."""
-        if self.n == 0:
-            return np.full(self.thresholds, np.nan)
-        return _f_from_pr(self.precision_sum / self.n, self.recall_sum / self.n, self.beta2)
-
-    @property
-    def value(self) -> dict:
-        """``{"mae", "max_f", "mean_f", "n"}`` (``nan`` before any update)."""
-        if self.n == 0:
-            return {"mae": float("nan"), "max_f": float("nan"), "mean_f": float("nan"), "n": 0}
-        f = self.f_curve()
-        return {"mae": self.mae_sum / self.n, "max_f": float(f.max()), "mean_f": float(f.mean()), "n": self.n}
-
-
-# --------------------------------------------------------------------------------------------------
-# boundary F-score
-# --------------------------------------------------------------------------------------------------
-def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Inner boundary of a binary mask: mask pixels with a 4-neighbour outside it.
-
-    The image border does not count as a boundary (the mask is extended by replication).
-    """
-    import cv2
-
-    m = mask.astype(np.uint8)
-    kernel = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.uint8)
-    eroded = cv2.erode(m, kernel, borderType=cv2.BORDER_REPLICATE)
-    return (m > 0) & (eroded == 0)
-
-
-def _distance_to(points: np.ndarray) -> np.ndarray:
-    """Exact Euclidean distance of every pixel to the nearest ``True`` pixel of ``points``."""
-    import cv2
-
-    if not points.any():
-        return np.full(points.shape, np.inf, dtype=np.float32)
-    src = np.where(points, 0, 1).astype(np.uint8)
-    return cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-
-
-def boundary_prf(
-    pred,
-    gt,
-    tolerance: float = 2,
-    classes: Iterable[int] | None = None,
-    ignore_index: int = IGNORE_INDEX,
-) -> tuple[float, float, float]:
-    """Boundary precision, recall and F-score within a pixel tolerance.
-
-    For each class ``c`` the boundary ``B(c)`` of its binary mask is taken (mask pixels with a
-    4-neighbour outside; the image border is not a boundary).  A predicted boundary pixel is
-    correct if a ground-truth boundary pixel of the *same class* lies within ``tolerance``
-    (Euclidean, via :func:`cv2.distanceTransform`), and vice versa for recall (the boundary measure
-    of Csurka et al., BMVC 2013 / DAVIS's ``F``):
-
-        ``P = Σ_c |{x ∈ B_pred(c) : d(x, B_gt(c)) ≤ tol}| / Σ_c |B_pred(c)|``,
-        ``R = Σ_c |{x ∈ B_gt(c) : d(x, B_pred(c)) ≤ tol}| / Σ_c |B_gt(c)|``,
-        ``F = 2PR / (P + R)``.
-
-    Predicted boundary pixels lying on ``gt == ignore_index`` are not counted.
-
-    Parameters
-    ----------
-    pred, gt : (H, W) bool (binary: class 1 = True) or int label maps
-    tolerance : float, default 2
-        Matching distance in pixels.
-    classes : iterable of int, optional
-        Classes to evaluate; default: every label ``≥ 1`` other than ``ignore_index`` in either map
-        (background boundaries would only double-count the objects').
-
-    Returns
-    -------
-    (precision, recall, f) : tuple of float
-        With no boundary in either map the maps agree trivially: ``(1, 1, 1)``.  If only one map
-        has boundaries, the undefined side counts as 0 and ``F = 0``.
-    """
-    p, g = _to_numpy(pred), _to_numpy(gt)
-    _check_same_shape(p, g, names=("pred", "gt"))
-    if p.ndim != 2:
-        raise ValueError(f"boundary_prf expects (H, W) maps, got shape {p.shape}")
-    p = p.astype(np.int64)
-    g = g.astype(np.int64)
-    if classes is None:
-        labels = np.union1d(np.unique(p), np.unique(g))
-        classes = [int(c) for c in labels if c >= 1 and c != ignore_index]
-    valid = g != ignore_index
-    n_pred = n_pred_ok = n_gt = n_gt_ok = 0
-    for c in classes:
-        bp = _boundary(p == c) & valid
-        bg = _boundary(g == c)
-        if not bp.any() and not bg.any():
-            continue
-        n_pred += int(bp.sum())
-        n_gt += int(bg.sum())
-        if bp.any():
-            n_pred_ok += int((_distance_to(bg)[bp] <= tolerance).sum())
-        if bg.any():
-            n_gt_ok += int((_distance_to(bp)[bg] <= tolerance).sum())
-    if n_pred == 0 and n_gt == 0:
-        return 1.0, 1.0, 1.0
-    precision = n_pred_ok / n_pred if n_pred else 0.0
-    recall = n_gt_ok / n_gt if n_gt else 0.0
-    f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return float(precision), float(recall), float(f)
-
-
-def boundary_f_score(pred, gt, tolerance: float = 2, **kwargs) -> float:
-    """Boundary F-score; see :func:`boundary_prf` (same arguments), returns ``F`` only."""
-    return boundary_prf(pred, gt, tolerance, **kwargs)[2]
