@@ -284,7 +284,7 @@ def test_stage_end_to_end(toy, tmp_path, monkeypatch):
     # the one-pass threshold curves agree with the evaluator at the best threshold
     cv = stage.sweep_curves(res.mask_dir, ev, [0.2, res.report["best_threshold"]])
     for k in ("miou", "fg_precision", "fg_recall", "part_recall", "body_recall"):
-        assert cv[k][1] == pytest.approx(res.report[k], abs=1e-9), k
+        assert cv[k][1] == pytest.approx(res.report[k], abs=6e-7), k  # the report as stored: 6 digits
 
     # a second run reuses everything: no training step, same report
     def no_training(*a, **k):
