@@ -497,6 +497,7 @@ def test_prepare_data_with_toy_overrides(tmp_path, monkeypatch):
 def test_attention_by_grabcut_error_by_hand(tmp_path, monkeypatch):
     from wsss_core.data.palette import write_label_png
     from wsss_core.stages import box2seg as S
+    from wsss_core.stages import box2seg_report
 
     # one 1x6 image, one box of class 2 over pixels 0-4; truth: object at 0-2; GrabCut: object at 1-3
     mask = np.array([[2, 2, 2, 0, 0, 0]], np.uint8)
@@ -513,7 +514,8 @@ def test_attention_by_grabcut_error_by_hand(tmp_path, monkeypatch):
 
     att = torch.zeros(1, 2, 1, 6)
     att[0, 1, 0] = torch.tensor([0.6, 0.8, 0.9, 0.1, 0.05, 0.99])   # class 2's channel; pixel 5 is outside the box
-    monkeypatch.setattr(S, "predict_maps", lambda model, x, long_side=None, heads=("seg",): {"att": att})
+    # attention_report calls predict_maps in the module that defines both (box2seg re-exports them)
+    monkeypatch.setattr(box2seg_report, "predict_maps", lambda model, x, long_side=None, heads=("seg",): {"att": att})
     model = build_segnet("compact", {"width": 8, "output_stride": 8}, 2, channels=8, attention=True)
     got = S.attention_by_grabcut_error(model, One(), tmp_path)
     assert got["object_kept"]["pixels"] == 2 and got["object_kept"]["attention"] == pytest.approx(0.85)
