@@ -574,3 +574,17 @@ def test_grabcut_report_and_pick_examples(toy, tmp_path):
     if any(f.get("camouflaged") for fl in flags.values() for f in fl):
         assert any(any(f.get("camouflaged") for f in flags[i]) for i in pick)
     assert S.pick_examples(3, 2, np.random.default_rng(0)) == [0, 1]
+
+
+def test_box2seg_re_exports_its_modules():
+    """``box2seg`` is split into box2seg_config / _targets / _train / _report; every public name of those
+    modules is reachable as ``box2seg.<name>`` and is the same object."""
+    from wsss_core.stages import box2seg, box2seg_config, box2seg_report, box2seg_targets, box2seg_train
+
+    for mod in (box2seg_config, box2seg_targets, box2seg_train, box2seg_report):
+        own = [k for k, v in vars(mod).items() if not k.startswith("_") and getattr(v, "__module__", mod.__name__) == mod.__name__
+               and not isinstance(v, type(box2seg))]
+        assert own, mod.__name__
+        for k in own:
+            assert getattr(box2seg, k) is getattr(mod, k), f"box2seg.{k} is not {mod.__name__}.{k}"
+    assert (box2seg.NOTEBOOK, box2seg.STAGE, box2seg.FORMAT_VERSION) == ("04_box2seg", "box2seg", 1)
