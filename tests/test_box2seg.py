@@ -497,6 +497,7 @@ def test_prepare_data_with_toy_overrides(tmp_path, monkeypatch):
 def test_attention_by_grabcut_error_by_hand(tmp_path, monkeypatch):
     from wsss_core.data.palette import write_label_png
     from wsss_core.stages import box2seg as S
+    from wsss_core.stages import box2seg_report
 
     # one 1x6 image, one box of class 2 over pixels 0-4; truth: object at 0-2; GrabCut: object at 1-3
     mask = np.array([[2, 2, 2, 0, 0, 0]], np.uint8)
@@ -513,7 +514,8 @@ def test_attention_by_grabcut_error_by_hand(tmp_path, monkeypatch):
 
     att = torch.zeros(1, 2, 1, 6)
     att[0, 1, 0] = torch.tensor([0.6, 0.8, 0.9, 0.1, 0.05, 0.99])   # class 2's channel; pixel 5 is outside the box
-    monkeypatch.setattr(S, "predict_maps", lambda model, x, long_side=None, heads=("seg",): {"att": att})
+    # attention_report calls predict_maps in the module that defines both (box2seg re-exports them)
+    monkeypatch.setattr(box2seg_report, "predict_maps", lambda model, x, long_side=None, heads=("seg",): {"att": att})
     model = build_segnet("compact", {"width": 8, "output_stride": 8}, 2, channels=8, attention=True)
     got = S.attention_by_grabcut_error(model, One(), tmp_path)
     assert got["object_kept"]["pixels"] == 2 and got["object_kept"]["attention"] == pytest.approx(0.85)
@@ -572,3 +574,17 @@ def test_grabcut_report_and_pick_examples(toy, tmp_path):
     if any(f.get("camouflaged") for fl in flags.values() for f in fl):
         assert any(any(f.get("camouflaged") for f in flags[i]) for i in pick)
     assert S.pick_examples(3, 2, np.random.default_rng(0)) == [0, 1]
+
+
+def test_box2seg_re_exports_its_modules():
+    """``box2seg`` is split into box2seg_config / _targets / _train / _report; every public name of those
+    modules is reachable as ``box2seg.<name>`` and is the same object."""
+    from wsss_core.stages import box2seg, box2seg_config, box2seg_report, box2seg_targets, box2seg_train
+
+    for mod in (box2seg_config, box2seg_targets, box2seg_train, box2seg_report):
+        own = [k for k, v in vars(mod).items() if not k.startswith("_") and getattr(v, "__module__", mod.__name__) == mod.__name__
+               and not isinstance(v, type(box2seg))]
+        assert own, mod.__name__
+        for k in own:
+            assert getattr(box2seg, k) is getattr(mod, k), f"box2seg.{k} is not {mod.__name__}.{k}"
+    assert (box2seg.NOTEBOOK, box2seg.STAGE, box2seg.FORMAT_VERSION) == ("04_box2seg", "box2seg", 1)
