@@ -391,6 +391,13 @@ def run(cfg: Box2SegStageConfig, data, out_dir, settings: Sequence[str] = ("box2
     seed, device : override ``cfg.seg.train``'s seed / device (and the default ``cam_cfg``'s), as
         notebook 04 sets them from its SEED / DEVICE parameters; None keeps the config's
     """
+    with result_store.writing(out_dir, main=engine.is_main_process()):  # a lock; killed writers' half files swept
+        return _run(cfg, data, Path(out_dir), settings, cam_out_dir, cam_cfg, label_setting, seed, device, progress)
+
+
+def _run(cfg: Box2SegStageConfig, data, out_dir, settings: Sequence[str] = ("box2seg",), cam_out_dir=None,
+         cam_cfg=None, label_setting: str = "box2seg", seed: int | None = None, device: str | None = None,
+         progress: bool = True) -> Box2SegStageResult:
     from ..metrics import ConfusionMatrix
 
     out_dir = Path(out_dir)

@@ -171,7 +171,8 @@ def _box2seg_upstream(run: "Run", cfg) -> dict:
 def _make_box2seg(run: "Run", cfg, up: dict):
     from . import box2seg
 
-    kw = {"cam_out_dir": up["cam"].checkpoint_dir.parent.parent, "cam_cfg": up["cam"].cfg} if "cam" in up else {}
+    # box2seg.run reloads the CAM stage's finished classifier from its folder (the same checkpoint)
+    kw = {"cam_out_dir": run.out_dir("cam"), "cam_cfg": up["cam"].cfg} if "cam" in up else {}
     return box2seg.run(cfg, run.data, run.out_dir("box2seg"), seed=run.seed, device=run.device,
                        progress=run.progress, **kw)
 

@@ -235,6 +235,11 @@ def run(cfg: SegStageConfig, data, label_dir, out_dir, progress: bool = True) ->
     validation split; the report is cached in ``out_dir/report.json`` next to the checkpoint. The
     checkpoint folder is fingerprinted by the config and the label folder's content, so new
     pseudo-labels train a new network (:func:`checkpoint_dir_for`)."""
+    with store.writing(out_dir, main=engine.is_main_process()):  # a lock; killed writers' half files swept
+        return _run(cfg, data, label_dir, Path(out_dir), progress)
+
+
+def _run(cfg: SegStageConfig, data, label_dir, out_dir, progress: bool = True) -> SegResult:
     ckpt = checkpoint_dir_for(cfg, label_dir, out_dir)
     train_ds = label_dataset(data.root, data.train_split, cfg, label_dir, train=True,
                              true_mask_dir=getattr(data, "mask_dir", "SegmentationClass"))
