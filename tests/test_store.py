@@ -301,7 +301,16 @@ def test_status_table_and_what_a_rerun_would_do(tmp_path, capsys):
     want = cam.checkpoint_dir_for(cfg, run_dir / cam.NOTEBOOK, data)
     new = [r for r in planned if r.folder == want]
     assert len(new) == 1 and new[0].state == store.ABSENT and "train.epochs" in new[0].rerun
-    assert {r.stage for r in planned if r.state == store.ABSENT} == {"cam", "affinity", "edam", "eps"}
+    # ... and notebook 06's segmenters of the labels already there (the CAM's) and of the true masks
+    assert {r.stage for r in planned if r.state == store.ABSENT} == {"cam", "affinity", "edam", "eps",
+                                                                     "segmentation:cam", "segmentation:full"}
+    from wsss_core.stages import segmentation
+
+    scfg = segmentation.config_for_profile("smoke")
+    scfg = scfg.replace(train=scfg.train.replace(seed=0))
+    seg_row = next(r for r in planned if r.stage == "segmentation:cam")
+    assert seg_row.folder == segmentation.checkpoint_dir_for(scfg, res.label_dir, run_dir / segmentation.NOTEBOOK / "cam")
+    assert seg_row.rerun == "train (none there yet)"
     made = {r.folder.name: r.rerun for r in planned if r.kind != "checkpoint"}
     assert made["cams"].startswith("remake (made by " + res.checkpoint_dir.name)
 

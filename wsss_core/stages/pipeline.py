@@ -52,6 +52,8 @@ class Stage:
         :attr:`Run.labels_from`)
     outputs : ``{attribute of the result object: what it is}``
     summary : one line for ``wsss run -h``
+    label_folders : ``{attribute: folder under the stage's folder}`` for the pseudo-label folders whose place
+        does not depend on the config (what ``wsss status`` looks at without running anything)
     """
 
     name: str
@@ -61,6 +63,7 @@ class Stage:
     summary: str
     _make: Callable = field(repr=False, compare=False, default=None)
     _metrics: Callable = field(repr=False, compare=False, default=None)
+    label_folders: Mapping[str, str] = field(default_factory=dict)
 
     def load(self):
         """The stage's module (imported on first use: ``import wsss_core`` stays light)."""
@@ -202,24 +205,27 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("cam", "wsss_core.stages.cam", (),
           {"checkpoint_dir": "the classifier", "cam_dir": "CAMs of the training split (.npz)",
            "label_dir": "pseudo-labels at the best threshold (.png)", "report": "cam_report.json"},
-          "CAM classifier, CAMs, pseudo-labels (notebook 01)", _make_cam, _cam_metrics),
+          "CAM classifier, CAMs, pseudo-labels (notebook 01)", _make_cam, _cam_metrics, {"label_dir": "pseudo_labels"}),
     Stage("affinity", "wsss_core.stages.affinity", ("cam",),
           {"label_dir": "affinity labels from the CAMs", "checkpoint_dir": "AffinityNet",
            "rw_dir": "random-walk pseudo-labels (.png)", "report": "rw_report.json"},
-          "AffinityNet + random walk on the CAM stage's CAMs (notebook 02)", _make_affinity, _affinity_metrics),
+          "AffinityNet + random walk on the CAM stage's CAMs (notebook 02)", _make_affinity, _affinity_metrics,
+          {"rw_dir": "rw_labels"}),
     Stage("edam", "wsss_core.stages.edam", ("cam",),
           {"checkpoint_dir": "EDAM", "mask_dir": "DA masks (.npz)", "label_dir": "pseudo-labels (.png)",
            "sal_label_dir": "pseudo-labels with the saliency override (.png; None without saliency)"},
-          "EDAM from the CAM stage's classifier (notebook 03)", _make_edam, _edam_metrics),
+          "EDAM from the CAM stage's classifier (notebook 03)", _make_edam, _edam_metrics,
+          {"label_dir": "pseudo_labels", "sal_label_dir": "pseudo_labels_sal"}),
     Stage("eps", "wsss_core.stages.eps", ("cam",),
           {"checkpoint_dir": "EPS classifier", "cam_dir": "EPS maps (.npz)", "label_dir": "pseudo-labels (.png)",
            "report": "eps_report.json", "cam": "the CAM baseline's result"},
-          "EPS with saliency, against its CAM baseline (notebook 05)", _make_eps, _eps_metrics),
+          "EPS with saliency, against its CAM baseline (notebook 05)", _make_eps, _eps_metrics,
+          {"label_dir": "pseudo_labels"}),
     Stage("box2seg", "wsss_core.stages.box2seg", ("cam",),
           {"grabcut_label_dir": "GrabCut pseudo-labels (.png)", "box2seg_label_dir": "Box2Seg's box-constrained "
            "predictions (.png)", "report": "train/val mIoU per setting"},
           "GrabCut and Box2Seg from boxes (notebook 04; 'cam' only when the backbone starts from it)",
-          _make_box2seg, _box2seg_metrics),
+          _make_box2seg, _box2seg_metrics, {"box2seg_label_dir": "box2seg_labels"}),
     Stage("segmentation", "wsss_core.stages.segmentation", ("labels",),
           {"checkpoint_dir": "DeepLab", "report": "val mIoU (report.json beside the checkpoint)"},
           "DeepLab on one method's pseudo-labels, or the true masks (notebook 06)",
@@ -358,6 +364,15 @@ class Run:
             raise MethodUnavailable(f"{source}: the {where[0]} stage made no {where[1]} on this data "
                                     "(a saliency folder is needed and none was found)")
         return Path(d)
+
+
+    def label_folder(self, source: str) -> Path | None:
+        """Where :data:`LABEL_SOURCES` entry ``source``'s pseudo-labels live, without running anything
+        (None for ``full`` and for folders whose place depends on the config, e.g. GrabCut's)."""
+        where = LABEL_SOURCES[source]
+        if where is None or where[1] not in stage(where[0]).label_folders:
+            return None
+        return self.out_dir(where[0]) / stage(where[0]).label_folders[where[1]]
 
 
 def _files(folder: Path) -> dict[str, int]:

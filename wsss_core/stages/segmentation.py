@@ -241,6 +241,9 @@ def run(cfg: SegStageConfig, data, label_dir, out_dir, progress: bool = True) ->
 
 def _run(cfg: SegStageConfig, data, label_dir, out_dir, progress: bool = True) -> SegResult:
     ckpt = checkpoint_dir_for(cfg, label_dir, out_dir)
+    if engine.is_main_process():
+        ckpt.mkdir(parents=True, exist_ok=True)
+        store.record_identity(ckpt, segmenter_identity(cfg, label_dir))  # read by `wsss status`
     train_ds = label_dataset(data.root, data.train_split, cfg, label_dir, train=True,
                              true_mask_dir=getattr(data, "mask_dir", "SegmentationClass"))
     val_ds = label_dataset(data.root, data.val_split, cfg, None, train=False)

@@ -10,7 +10,9 @@ It only reads. Three kinds of results are recognised wherever they lie under ``O
 
 The identity column is a checkpoint's fingerprint (the 8 hex digits ending its name) or, for maps and
 labels, that of the checkpoint that made them. With a profile (:func:`plan`), the CAM, EPS, AffinityNet
-and EDAM checkpoints that profile's notebooks would use are computed, and each row says whether a rerun
+and EDAM checkpoints that profile's notebooks would use — and notebook 06's segmenter of every pseudo-label
+folder already there (``segmentation:<method>``) — are computed from the stage contract
+(:mod:`wsss_core.stages.pipeline`), and each row says whether a rerun
 reuses it, resumes it, or — for a checkpoint it would need and does not find — why it trains a new one
 (the fields that differ from a folder's recorded ``identity.json``, where one was recorded).
 """
@@ -128,8 +130,9 @@ def _data_spec(profile: str, data_root=None):
 
 
 def expected_checkpoints(profile: str, out_dir, data, seed: int = 0) -> dict[str, tuple[Path, store.Identity]]:
-    """The checkpoint folders (and identities) the profile's notebooks 01, 02, 03 and 05 would train or reuse:
-    the stage contract's presets and folders (:class:`wsss_core.stages.pipeline.Run`)."""
+    """The checkpoint folders (and identities) the profile's notebooks 01, 02, 03 and 05 would train or reuse,
+    and notebook 06's segmenters of the pseudo-labels already there: the stage contract's presets and folders
+    (:class:`wsss_core.stages.pipeline.Run`)."""
     from . import affinity, cam, edam, eps
     from .pipeline import Run
 
@@ -142,11 +145,30 @@ def expected_checkpoints(profile: str, out_dir, data, seed: int = 0) -> dict[str
                      affinity.affinitynet_identity(ac, c.name, data)),
         "edam": (edam.checkpoint_dir_for(ec, run.out_dir("edam"), c.name, data), edam.edam_identity(ec, c.name, data)),
         "eps": (eps.checkpoint_dir_for(pc, run.out_dir("eps"), data), eps.classifier_identity(pc, data)),
+        **_expected_segmenters(run),
     }
+
+
+def _expected_segmenters(run) -> dict[str, tuple[Path, store.Identity]]:
+    """Notebook 06's segmenters (``segmentation:<method>``) whose pseudo-labels are already there: the
+    checkpoint each would train into if its labels stay as they are (the identity counts their files)."""
+    from . import segmentation
+    from .pipeline import LABEL_SOURCES
+
+    cfg, out = run.cfg("segmentation"), run.out_dir("segmentation")
+    found = {}
+    for m in LABEL_SOURCES:
+        d = run.label_folder(m)
+        if m != "full" and (d is None or not any(d.glob("*.png"))):
+            continue
+        found[f"segmentation:{m}"] = (segmentation.checkpoint_dir_for(cfg, d, out / m),
+                                      segmentation.segmenter_identity(cfg, d))
+    return found
 
 
 def _why(stage: str, want: Path, ident: store.Identity, rows: list[Row]) -> str:
     """Why no existing checkpoint of ``stage`` serves: the fields that differ from the recorded ones."""
+    stage = stage.split(":")[0]  # segmentation:<method>
     others = [r for r in rows if r.kind == "checkpoint" and r.stage == stage and r.folder.parent == want.parent]
     if not others:
         return "none there yet"
