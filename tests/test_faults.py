@@ -53,6 +53,18 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> float:
     return time.perf_counter() - t0
 
 
+def _kill_when_paused(proc: subprocess.Popen, flag: Path, point: str, timeout: float) -> None:
+    """Wait until the child says it paused at ``point`` (``flag`` exists), then SIGKILL it."""
+    deadline = time.monotonic() + timeout
+    while not flag.exists():
+        assert proc.poll() is None, f"the child ended before {point}: {proc.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, f"the child never reached {point}"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke_data")
@@ -98,15 +110,7 @@ POINTS = {
 @pytest.mark.parametrize("point", list(POINTS))
 def test_kill_and_rerun_gives_the_uninterrupted_metrics(point, data_root, reference, tmp_path):
     out, flag = tmp_path / "run", tmp_path / "paused"
-    proc = _child(data_root, out, POINTS[point], flag)
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, f"the child ended before {point}: {proc.communicate()[0][-3000:]}"
-        assert time.monotonic() < deadline, f"the child never reached {point}"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    _kill_when_paused(_child(data_root, out, POINTS[point], flag), flag, point, 120)
     # the killed stage's lock is left behind (metrics.json is written after the stage, unlocked) ...
     assert (out / store.LOCK_NAME).exists() == (point != "writing metrics.json")
     _nothing_half_written(out)
@@ -157,15 +161,7 @@ def test_kill_a_later_stage_and_rerun(point, data_root, tmp_path, tmp_path_facto
     stage, pause = STAGE_POINTS[point]
     reference = _stage_reference(stage, data_root, tmp_path_factory)
     out, flag = tmp_path / "run", tmp_path / "paused"
-    proc = _stage_child(stage, data_root, out, pause, flag)
-    deadline = time.monotonic() + 300
-    while not flag.exists():
-        assert proc.poll() is None, f"the child ended before {point}: {proc.communicate()[0][-3000:]}"
-        assert time.monotonic() < deadline, f"the child never reached {point}"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    _kill_when_paused(_stage_child(stage, data_root, out, pause, flag), flag, point, 300)
     for p in out.rglob("*.json"):  # nothing half-written under a final name
         json.loads(p.read_text())
     for p in out.rglob("*.png"):
