@@ -4,47 +4,18 @@ and the printed value is the recorded one at the printed precision. A bare 0.ddd
 (papers' VOC numbers are written in percent, e.g. "PSA 61.7", and are not ours to check)."""
 from __future__ import annotations
 
+import importlib.util
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-# [value](path "title"); value may carry a sign and a trailing %, title is "notebook.key" or a dotted path
-LINK = re.compile(r'\[([-+−]?\d+(?:\.\d+)?)(%?)\]\(([\w./-]+\.json) "([^"]+)"\)')
-BARE = re.compile(r"(?<![\w.\[])0\.\d{2,}(?![\d\]])")
-
-
-def results_section(text: str) -> str:
-    start = text.index("\n## Results")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
-
-
-def walk(cur, parts: list[str]):
-    for part in parts:
-        cur = cur[int(part)] if isinstance(cur, list) else cur[part]
-    return cur
-
-
-def lookup(data: dict, title: str):
-    """``notebook.key[.sub…]`` in a baseline's ``metrics`` (``05_eps_saliency.eps_confusion_ratio_per_pair.boat/water``),
-    else a dotted path through the JSON (``notebooks.0.seconds``)."""
-    nb, _, key = title.partition(".")
-    if "metrics" in data and nb in data["metrics"]:
-        figures = data["metrics"][nb]   # a baseline records per-pair figures flat: "key_per_pair.boat/water"
-        return figures[key] if key in figures else walk(figures, key.split("."))
-    return walk(data, title.split("."))
-
-
-def printed_matches(printed: str, percent: bool, value: float) -> bool:
-    text = printed.replace("−", "-")
-    decimals = len(text.split(".")[1]) if "." in text else 0
-    shown = float(text)
-    want = 100 * value if percent else value
-    return abs(round(want, decimals) - shown) <= 0.51 * 10 ** -decimals
+_spec = importlib.util.spec_from_file_location("readme_figures", REPO / "benchmarks" / "readme_figures.py")
+_rf = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_rf)
+LINK, BARE, results_section, lookup, printed_matches = _rf.LINK, _rf.BARE, _rf.results_section, _rf.lookup, _rf.printed_matches
 
 
 def test_link_check_catches_a_wrong_figure():
@@ -57,6 +28,16 @@ def test_link_check_catches_a_wrong_figure():
     assert lookup({"notebooks": [{"seconds": 3}]}, "notebooks.0.seconds") == 3
     assert lookup({"metrics": {"05": {"per_pair": {"boat/water": 0.1}}}}, "05.per_pair.boat/water") == 0.1
     assert BARE.findall("CAM 0.553 and [0.664](x.json \"a.b\") PSA 61.7") == ["0.553"]
+
+
+def test_refresh_rewrites_a_stale_figure_at_its_precision(tmp_path):
+    (tmp_path / "b.json").write_text(json.dumps({"metrics": {"04": {"m": 0.71994, "g": -2.14}}}))
+    text = ('x\n## Results\nBox2Seg [0.743](b.json "04.m"), [74%](b.json "04.m"), gain [−2.1](b.json "04.g") '
+            '[+0.720](b.json "04.m")\n## Next\n[0.1](b.json "04.m")')
+    new, changes = _rf.refresh(text, tmp_path)
+    assert new == ('x\n## Results\nBox2Seg [0.720](b.json "04.m"), [72%](b.json "04.m"), gain [−2.1](b.json "04.g") '
+                   '[+0.720](b.json "04.m")\n## Next\n[0.1](b.json "04.m")')   # outside the section: untouched
+    assert changes == ["04.m: 0.743 -> 0.720", "04.m: 74% -> 72%"]
 
 
 def test_readme_results_are_linked_to_the_baselines():
