@@ -119,7 +119,7 @@ def _cmd_run(a) -> int:
     if not _device_ok("run", a.device):
         return 2
     run = pipeline.Run(a.profile, a.out, data_root=a.data_root, seed=a.seed, device=a.device,
-                       labels_from=a.labels)
+                       labels_from=a.labels, count_files=True)
     try:
         res = run.result(a.stage)
     except pipeline.MethodUnavailable as e:

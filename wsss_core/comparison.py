@@ -91,16 +91,8 @@ def pseudo_label_dir(method: str, profile: str, data, out_root, seed: int = 0, d
     ------
     KeyError : unknown method (the message lists the known ones).
     """
-    if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    return _labels(Run(profile, out_root, data=data, seed=seed, device=device, progress=progress,
-                       config_hook=config_hook), method)
-
-
-def _labels(run: Run, method: str) -> Path | None:
-    if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    return run.labels(method)
+    return Run(profile, out_root, data=data, seed=seed, device=device, progress=progress,
+               config_hook=config_hook).labels(method)  # (its KeyError lists the methods: LABEL_SOURCES = METHODS)
 
 
 def pseudo_label_dirs(methods: Sequence[str], profile: str, data, out_root, seed: int = 0, device: str = "auto",
@@ -116,7 +108,7 @@ def pseudo_label_dirs(methods: Sequence[str], profile: str, data, out_root, seed
     for m in methods:
         t0 = time.perf_counter()
         try:
-            dirs[m] = _labels(run, m)
+            dirs[m] = run.labels(m)
         except MethodUnavailable as e:
             skipped[m] = str(e)
         seconds[m] = time.perf_counter() - t0
@@ -175,7 +167,7 @@ def compare(methods: Sequence[str], profile: str, data, out_root, seg_cfg=None, 
         row = {"method": m, "title": meta.title, "supervision": meta.supervision, "status": "ok"}
         rows.append(row)
         try:
-            dirs[m] = _labels(run, m)
+            dirs[m] = run.labels(m)
         except MethodUnavailable as e:
             row["status"] = f"skipped: {e}"
             if log:

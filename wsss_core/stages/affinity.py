@@ -633,5 +633,5 @@ def _run(cfg: AffinityStageConfig, data, out_dir, cam_cfg=None, cam_result=None,
                   "cam_alpha": evaluate_cams_alpha(cam_result.cam_dir, ev, cfg.rw_alpha, data.context_pairs),
                   "cam_best": cam_result.report, "timing": timing}
         cam_stage.write_metrics(report_path, {"source": ckpt.name, "report": report})
-        report = json.loads(report_path.read_text())["report"]  # as stored (rounded): what a rerun reads
+        report = cam_stage.stored_form(report)  # as stored (rounded): what a rerun reads
     return AffinityStageResult(model, cfg, ckpt, label_dir, rw_dir, report, cam_result)

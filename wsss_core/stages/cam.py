@@ -305,20 +305,24 @@ def label_record(cam_dir, dataset, threshold: float | None, alpha: float | None 
             "alpha": alpha, "n_images": len(dataset.ids)}
 
 
-def write_metrics(path, metrics: dict) -> Path:
-    """Write a notebook's ``metrics.json`` (floats rounded to 6 digits; NaN kept as null)."""
-    def clean(v):
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, (np.floating, float)):
-            return None if np.isnan(v) else round(float(v), 6)
-        if isinstance(v, np.integer):
-            return int(v)
-        return v
+def stored_form(v):
+    """``v`` as :func:`write_metrics` stores it and a reader gets it back: floats rounded to 6 digits, NaN as
+    None, numpy scalars as Python numbers, tuples as lists, dict keys as strings. A cache compares (and a
+    stage returns) this form, so a first run and a rerun that reads the file see the same figures."""
+    if isinstance(v, dict):
+        return {str(k): stored_form(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [stored_form(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return None if np.isnan(v) else round(float(v), 6)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
 
-    return store.atomic_write_json(path, clean(metrics))  # a killed writer leaves the old file or none
+
+def write_metrics(path, metrics: dict) -> Path:
+    """Write a notebook's ``metrics.json`` (:func:`stored_form`: floats rounded to 6 digits; NaN kept as null)."""
+    return store.atomic_write_json(path, stored_form(metrics))  # a killed writer leaves the old file or none
 
 
 # ------------------------------------------------------------------------------------------------
@@ -425,10 +429,7 @@ def run(cfg: CAMStageConfig, data, out_dir, progress: bool = True) -> CAMStageRe
     into the same folder stops with an error naming the first.
     """
     out_dir = Path(out_dir)
-    if not engine.is_main_process():  # under torchrun rank 0 holds the lock for all ranks
-        return _run(cfg, data, out_dir, progress)
-    with store.lock(out_dir):
-        store.sweep_temp(out_dir, recursive=True)  # half files of a killed run
+    with store.writing(out_dir, main=engine.is_main_process()):  # under torchrun rank 0 holds it for all ranks
         return _run(cfg, data, out_dir, progress)
 
 
@@ -453,7 +454,7 @@ def _run(cfg: CAMStageConfig, data, out_dir: Path, progress: bool) -> CAMStageRe
     if report is None:
         report = evaluate_cams(cam_dir, ev, cfg, data.context_pairs)
         save_report(out_dir, ckpt.name, report)
-        report = json.loads(report_path.read_text())["report"]  # as stored (rounded): what a rerun reads
+        report = stored_form(report)  # as stored (rounded): what a rerun reads
     labels = store.Result(label_dir)
     if not labels.is_complete(label_record(cam_dir, ev, report["best_threshold"])):
         labels.begin()

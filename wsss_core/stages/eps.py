@@ -457,14 +457,11 @@ def cached_report(cam_dir, dataset, cfg, context_pairs, report_path, progress: b
     The returned dict always has the JSON types (threshold keys as strings, NaN as None)."""
     cam_dir, report_path = Path(cam_dir), Path(report_path)
     src = cam_dir / "source.json"
-    maps = json.loads(src.read_text()) if src.is_file() else str(cam_dir)
-    if isinstance(maps, dict):  # how long the maps took is no part of what they are (and is stored rounded)
-        maps = {k: v for k, v in maps.items() if k != "seconds"}
-    key = {"maps": maps,
+    key = {"maps": json.loads(src.read_text()) if src.is_file() else str(cam_dir),
            "thresholds": list(cfg.thresholds), "eval_threshold": cfg.eval_threshold,
            "boundary_tolerance": cfg.boundary_tolerance, "n_images": len(dataset),
            "pairs": {k: list(v) for k, v in (context_pairs or {}).items()}}
-    key = json.loads(json.dumps(key))
+    key = cam_stage.stored_form(key)  # compared with the stored key (its floats rounded as written)
     if report_path.is_file():
         stored = json.loads(report_path.read_text())
         if stored.get("key") == key:
@@ -472,7 +469,7 @@ def cached_report(cam_dir, dataset, cfg, context_pairs, report_path, progress: b
     report = evaluate(cam_dir, dataset, cfg, context_pairs, fixed_threshold=cfg.eval_threshold,
                       boundary_tolerance=cfg.boundary_tolerance, progress=progress)
     cam_stage.write_metrics(report_path, {"key": key, "report": report})
-    return json.loads(report_path.read_text())["report"]
+    return cam_stage.stored_form(report)
 
 
 def saliency_error_study(methods: Mapping[str, tuple], dataset, saliency_threshold: float = 0.5,

@@ -278,11 +278,12 @@ class Run:
     config_hook : ``hook(stage_name, cfg) -> cfg`` edits a preset before it runs (e.g. a tiny crop in a
         test); a changed config makes its own checkpoints next to the notebooks' (identities differ)
     labels_from : the :data:`LABEL_SOURCES` entry the ``segmentation`` stage trains on
+    count_files : log how many files each stage wrote (two walks of its folder; ``wsss run`` prints it)
     """
 
     def __init__(self, profile: str, out_root, data=None, data_root=None, seed: int | None = None,
                  device: str | None = None, progress: bool = True, config_hook: Callable | None = None,
-                 labels_from: str = "full"):
+                 labels_from: str = "full", count_files: bool = False):
         from .. import profiles
 
         self.profile = profiles.check_profile(profile)
@@ -291,7 +292,7 @@ class Run:
         self.out_root = Path(out_root)
         self._data, self.data_root = data, data_root
         self.seed, self.device, self.progress = seed, device, progress
-        self.config_hook, self.labels_from = config_hook, labels_from
+        self.config_hook, self.labels_from, self.count_files = config_hook, labels_from, count_files
         self._results: dict[str, Any] = {}
         self.log: list[dict] = []  # one entry per stage run here: name, seconds, files written
 
@@ -338,13 +339,13 @@ class Run:
         return self._results[key]
 
     def timed(self, name: str, folder: Path, fn: Callable):
-        """``fn()``, logged in :attr:`log` with its seconds and the number of files it wrote under
-        ``folder`` (0: everything was reused)."""
-        before = _files(folder)
+        """``fn()``, logged in :attr:`log` with its seconds and, with ``count_files``, the number of files
+        it wrote under ``folder`` (0: everything was reused; None: not counted)."""
+        before = _files(folder) if self.count_files else None
         t0 = time.perf_counter()
         out = fn()
-        self.log.append({"stage": name, "seconds": time.perf_counter() - t0,
-                         "files_written": _written(before, _files(folder)), "folder": str(folder)})
+        self.log.append({"stage": name, "seconds": time.perf_counter() - t0, "folder": str(folder),
+                         "files_written": None if before is None else _written(before, _files(folder))})
         return out
 
     def labels(self, source: str) -> Path | None:
