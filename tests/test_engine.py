@@ -541,3 +541,14 @@ def test_predict_leaves_the_global_rng_alone():
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--ddp-worker":
     _ddp_worker(sys.argv[2])
 
+
+
+def test_numpy_numbers_in_a_trainconfig_are_stored_as_python_numbers():
+    """Accepted numpy scalars become Python numbers: the same identity (checkpoint folder) as the plain
+    config, and a checkpoint that ``torch.load(weights_only=True)`` can read back."""
+    from wsss_core.stages import store
+
+    a = engine.TrainConfig(epochs=np.int64(3), lr=np.float64(0.25), amp=False)
+    b = engine.TrainConfig(epochs=3, lr=0.25, amp=False)
+    assert type(a.epochs) is int and type(a.lr) is float
+    assert store.fingerprint(store.train_identity(a)) == store.fingerprint(store.train_identity(b))

@@ -238,6 +238,8 @@ class TrainConfig:
             if not (ok(v) or (v is None and rest == "None")):
                 raise TypeError(f"TrainConfig.{f.name} must be {kind}{' or None' if rest else ''}, "
                                 f"got {v!r} ({type(v).__name__})")
+            if isinstance(v, np.generic):  # accepted, stored as the Python number: same identity, picklable
+                setattr(self, f.name, v.item())
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("onecycle", "poly", "cosine", "constant"):

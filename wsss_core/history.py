@@ -21,9 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from .distributed import DistInfo, comm_device
+from .distributed import DistInfo, all_reduce_mean
 
 __all__ = ["History", "logged_values", "iter_record", "epoch_record", "progress_bar", "bar_step", "bar_end"]
 
@@ -159,9 +158,7 @@ def logged_values(out: Mapping, info: DistInfo) -> dict[str, float]:
     keys = ["loss"] + sorted(k for k in out if k != "loss" and not str(k).startswith("_"))
     values = [_scalar(out[k], k) for k in keys]
     if info.enabled:  # one collective: rank means of all logged values (and the NaN check)
-        t = torch.tensor(values, dtype=torch.float64, device=comm_device())
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        values = (t / info.world_size).tolist()
+        values = all_reduce_mean(torch.tensor(values, dtype=torch.float64)).tolist()
     return dict(zip(keys, values))
 
 

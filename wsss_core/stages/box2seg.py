@@ -197,11 +197,8 @@ def run_setting(name: str, cfg: Box2SegStageConfig, sd: StageData, out_dir, seg:
     """
     target, loss = setting(name, cfg)
     seg = seg or cfg.seg
-    extra = dict(sd.identity)
-    if target == "mask_missing":
-        extra["missing"] = result_store.fingerprint(sd.missing)
     store = sd.store(target)
-    ckpt = checkpoint_dir_for(name, target, loss, seg, out_dir, extra)
+    ckpt = setting_checkpoint(name, cfg, sd, out_dir, seg)
     reused = engine.is_finished(ckpt)  # reloaded, not trained: by state, not timing
     with torch_threads(cfg.torch_threads):
         model, history = train_segmenter(name, target, loss, seg, training_dataset(sd.base, store, seg, loss.rho),
